@@ -99,20 +99,40 @@ def _cutoff_radius(w0: float, sigma: float) -> float:
     return sigma * math.sqrt(2.0 * math.log(1.0 / _TAIL))
 
 
-def _two_nearest(labels: np.ndarray, n_objects: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (d1, d2) to the nearest and second-nearest object, inf where farther than radius."""
+def _grown_boxes(labels: np.ndarray, n_objects: int, radius: float) -> list[tuple[slice, slice]]:
+    """Each object's bounding box grown by `radius` on every side, clipped to the image."""
     height, width = labels.shape
-    d1 = np.full(labels.shape, np.inf)
-    d2 = np.full(labels.shape, np.inf)
     grow = math.ceil(radius)
-    for k, box in enumerate(ndimage.find_objects(labels, max_label=n_objects), start=1):
-        rows = slice(max(box[0].start - grow, 0), min(box[0].stop + grow, height))
-        cols = slice(max(box[1].start - grow, 0), min(box[1].stop + grow, width))
-        dk = ndimage.distance_transform_edt(labels[rows, cols] != k)  # exact: object is inside
-        near, second = d1[rows, cols], d2[rows, cols]  # views: updated in place
+    return [
+        (
+            slice(max(rows.start - grow, 0), min(rows.stop + grow, height)),
+            slice(max(cols.start - grow, 0), min(cols.stop + grow, width)),
+        )
+        for rows, cols in ndimage.find_objects(labels, max_label=n_objects)
+    ]
+
+
+def _two_nearest(
+    labels: np.ndarray, n_objects: int, radius: float
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """Distances (d1, d2) to the nearest and second-nearest object inside a window.
+
+    The window is the union box of the objects' grown boxes; outside it, and outside an object's
+    own grown box, that object is farther than `radius` and counts as infinitely far.
+    """
+    boxes = _grown_boxes(labels, n_objects, radius)
+    top, left = min(r.start for r, _ in boxes), min(c.start for _, c in boxes)
+    window = (slice(top, max(r.stop for r, _ in boxes)), slice(left, max(c.stop for _, c in boxes)))
+    labels = labels[window]
+    d1 = np.full(labels.shape, np.inf)  # (h, w) of the window
+    d2 = np.full(labels.shape, np.inf)
+    for k, (rows, cols) in enumerate(boxes, start=1):
+        box = (slice(rows.start - top, rows.stop - top), slice(cols.start - left, cols.stop - left))
+        dk = ndimage.distance_transform_edt(labels[box] != k)  # exact: the object is in its box
+        near, second = d1[box], d2[box]  # views: updated in place
         np.minimum(second, np.maximum(near, dk), out=second)
         np.minimum(near, dk, out=near)
-    return d1, d2
+    return window, d1, d2
 
 
 def weight_map(
@@ -138,11 +158,11 @@ def weight_map(
     labels, n_objects = ndimage.label(foreground, structure=_EIGHT_CONNECTED)
     if n_objects < 2:
         return out
-    d1, d2 = _two_nearest(labels, n_objects, _cutoff_radius(w0, sigma))
-    total = d1 + d2  # (H, W); inf where some object lies beyond the cut-off
+    window, d1, d2 = _two_nearest(labels, n_objects, _cutoff_radius(w0, sigma))
+    total = d1 + d2  # inf where the second-nearest object lies beyond the cut-off
     border = w0 * np.exp(-(total * total) / (2.0 * sigma * sigma))
-    background = ~foreground
-    out[background] += border[background].astype(np.float32)
+    border[foreground[window]] = 0.0  # the border term is for background pixels only
+    out[window] += border.astype(np.float32)
     return out
 
 
