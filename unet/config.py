@@ -1,0 +1,233 @@
+"""The pipeline's one typed configuration, parsed from ``params.yaml`` once at a flow's entry.
+
+Every knob of every stage lives in ``params.yaml`` in a section per stage; this module turns that
+file into frozen pydantic models and refuses a bad value at once, naming the key, the value and
+what is allowed. Nothing below ``flows/`` reads YAML or the environment: the models are passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class ConfigError(ValueError):
+    """params.yaml holds a value the pipeline cannot use; the message names key, value and fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Section):
+    """The generated phantom set (``data.source: synthetic``)."""
+
+    n_patients: Annotated[int, Field(ge=1, le=110)] = 110
+    min_slices: PositiveInt = 20
+    max_slices: PositiveInt = 88
+    image_size: Annotated[int, Field(ge=16)] = 256
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _slice_range(self) -> SyntheticConfig:
+        if self.min_slices > self.max_slices:
+            raise ValueError(
+                f"min_slices ({self.min_slices}) is above max_slices ({self.max_slices}): "
+                "set min_slices <= max_slices"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    """Where the raw Kaggle-layout tree comes from and where the download stage puts it."""
+
+    source: Literal["synthetic", "kaggle", "archive", "local"] = "synthetic"
+    path: Path | None = None
+    kaggle_dataset: str = "mateuszbuda/lgg-mri-segmentation"
+    copy_local: bool = True
+    raw_dir: Path = Path("data/raw")
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _path_for_source(self) -> DataConfig:
+        if self.source in ("archive", "local"):
+            kind = "a Kaggle zip" if self.source == "archive" else "an extracted kaggle_3m folder"
+            if self.path is None:
+                raise ValueError(f"data.source is {self.source!r}: set data.path to {kind}")
+            if not self.path.exists():
+                raise ValueError(
+                    f"data.path {str(self.path)!r} does not exist: point it at {kind}"
+                )
+        if self.source == "kaggle" and self.kaggle_dataset.count("/") != 1:
+            raise ValueError(
+                f"data.kaggle_dataset {self.kaggle_dataset!r} is not 'owner/name', "
+                "e.g. 'mateuszbuda/lgg-mri-segmentation'"
+            )
+        return self
+
+    @property
+    def raw_root(self) -> Path:
+        """The ``kaggle_3m`` folder that the download stage writes and prepare reads."""
+        return self.raw_dir / "kaggle_3m"
+
+
+class SplitConfig(_Section):
+    """Patient-level split: ``random`` fractions, the ``reference`` 10 patients, or ``kfold``."""
+
+    method: Literal["random", "reference", "kfold"] = "random"
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    folds: Annotated[int, Field(ge=2)] = 5
+    fold: NonNegativeInt = 0
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
+                "leaves no training patients: keep their sum below 1"
+            )
+        if self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} is not below folds ({self.folds}): use 0..{self.folds - 1}")
+        return self
+
+
+class PrepareConfig(_Section):
+    """The reference per-volume preprocessing and where its arrays go."""
+
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 256
+    out_dir: Path = Path("data/prepared")
+    crop_threshold: Fraction = 0.1
+    clip_percentiles: tuple[float, float] = (10.0, 99.0)
+    split: SplitConfig = SplitConfig()
+    nifti: bool = True
+    workers: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _percentiles(self) -> PrepareConfig:
+        low, high = self.clip_percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(
+                f"clip_percentiles {list(self.clip_percentiles)} must satisfy 0 <= low < high <= 100, "
+                "e.g. [10, 99]"
+            )
+        return self
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / "manifest.parquet"
+
+
+class WeightmapConfig(_Section):
+    """The U-Net paper's weight maps (issue: precompute stages)."""
+
+    w0: Annotated[float, Field(ge=0.0)] = 10.0
+    sigma: Annotated[float, Field(gt=0.0)] = 5.0
+    class_balance: Literal["inverse_frequency", "none"] = "inverse_frequency"
+    task_runner: Literal["threads", "dask", "sequential"] = "threads"
+    workers: PositiveInt = 2
+    out_dir: Path = Path("data/weightmaps")
+
+
+class AugmentConfig(_Section):
+    """Elastic deformation copies of the training slices."""
+
+    copies: NonNegativeInt = 4
+    grid: Annotated[int, Field(ge=2)] = 3
+    sigma: Annotated[float, Field(ge=0.0)] = 10.0
+    image_mode: Literal["bicubic", "bilinear"] = "bicubic"
+    seed: int = 0
+    out_dir: Path = Path("data/augmented")
+
+
+class ModelConfig(_Section):
+    variant: Literal["reference", "paper"] = "reference"
+    features: PositiveInt | None = None
+    depth: Annotated[int, Field(ge=1, le=6)] = 4
+    dropout: Fraction = 0.5
+
+
+class TrainConfig(_Section):
+    epochs: PositiveInt = 100
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0.0)] = 1e-4
+    seed: int = 0
+    out_dir: Path = Path("models")
+
+
+class EvaluateConfig(_Section):
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    tta: bool = False
+    out_dir: Path = Path("metrics")
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field("lgg-unet", min_length=1)
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = None
+    experiment: str = "lgg-unet"
+
+
+class PipelineConfig(_Section):
+    """Everything in params.yaml; each flow takes the sections it needs from this."""
+
+    data: DataConfig = DataConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    weightmap: WeightmapConfig = WeightmapConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+def _describe(error: dict, raw: dict) -> str:
+    """One line per fault: the dotted key, the value given, and what would be accepted."""
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    value: object = raw
+    for part in error["loc"]:
+        value = value.get(part, "<missing>") if isinstance(value, dict) else "<missing>"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"  {key}: unknown key (value {value!r}); remove it or fix its spelling"
+    if error["type"] == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        return f"  {key}: {value!r} is not allowed; use one of {allowed}"
+    return f"  {key}: {value!r}: {message}"
+
+
+def parse_config(raw: dict | None, *, source: str = "params.yaml") -> PipelineConfig:
+    """Validate a params mapping; a bad value raises ConfigError naming every offending key."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(error, raw) for error in exc.errors()]
+        raise ConfigError(f"{source} has {len(lines)} invalid value(s):\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path = "params.yaml") -> PipelineConfig:
+    """Read and validate params.yaml (the only place in the project that opens it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(raw, source=str(path))
