@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny hand-made raw tree, and one Prefect test server for the session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+# Prefect keeps its state under PREFECT_HOME: give the test session its own, before prefect imports.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_slice(folder: Path, n: int, image: np.ndarray, mask: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(folder / f"{folder.name}_{n}.tif", image)
+    tifffile.imwrite(folder / f"{folder.name}_{n}_mask.tif", mask)
+
+
+def phantom_slice(size: int, tumour: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A disc of 'brain' with, optionally, a bright FLAIR square as tumour; RGB uint8 and 0/255 mask."""
+    yy, xx = np.mgrid[:size, :size]
+    head = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.4 * size) ** 2
+    image = np.zeros((size, size, 3), np.uint8)
+    image[head] = 90
+    mask = np.zeros((size, size), np.uint8)
+    if tumour:
+        a, b = size // 3, size // 2
+        mask[a:b, a:b] = 255
+        image[a:b, a:b, 1] = 220
+    noise = rng.integers(0, 10, image.shape, dtype=np.uint8)
+    return np.where(image > 0, image + noise, 0).astype(np.uint8), mask
+
+
+def make_raw_tree(root: Path, patients: int = 4, slices: int = 5, size: int = 32, seed: int = 0) -> Path:
+    """``root`` as a Kaggle kaggle_3m folder with real patient names; middle slices hold tumour."""
+    rng = np.random.default_rng(seed)
+    names = (REPO / "unet/resources/lgg_patients.txt").read_text().split()[:patients]
+    for name in names:
+        for n in range(1, slices + 1):
+            write_slice(root / name, n, *phantom_slice(size, 1 < n < slices, rng))
+    ids = ["_".join(name.split("_")[:3]) for name in names]
+    (root / "data.csv").write_text(
+        "Patient,RNASeqCluster,gender\n" + "".join(f"{i},{k % 3 + 1},{'male' if k % 2 else 'female'}\n"
+                                                   for k, i in enumerate(ids))
+    )
+    return root
+
+
+@pytest.fixture
+def raw_tree(tmp_path: Path) -> Path:
+    return make_raw_tree(tmp_path / "kaggle_3m")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """One Prefect test server for the whole session; yields its API URL for subprocesses too."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield PREFECT_API_URL.value()
