@@ -1,0 +1,139 @@
+"""The ``prepare`` stage's work: raw Kaggle tree -> preprocessed arrays, manifest, split, NIfTI.
+
+Output layout under ``prepare.out_dir`` (written into a staging folder, renamed into place whole):
+
+    manifest.parquet              one row a slice (see ``MANIFEST_COLUMNS``) + data.csv columns
+    summary.json                  counts per split part, for people and for the Prefect artifact
+    arrays/<patient>/image.npy    float16 (S, size, size, 3), z-scored; memory-mappable
+    arrays/<patient>/mask.npy     uint8 (S, size, size) 0/1
+    nifti/<patient>_image.nii.gz  original 256x256 geometry, (H, W, S, 3); identity affine
+    nifti/<patient>_mask.nii.gz   (H, W, S) 0/1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unet import nifti
+from unet.atomic import atomic_dir
+from unet.config import PrepareConfig
+from unet.preprocess import CHANNELS, channels_present, preprocess_volume
+from unet.rawdata import PatientFiles, read_image, read_mask, scan_raw
+from unet.split import split_patients
+
+log = logging.getLogger(__name__)
+
+ARRAYS = "arrays"
+NIFTI = "nifti"
+MANIFEST_COLUMNS = [
+    "patient", "patient_id", "slice", "index", "image_path", "mask_path", "array_dir",
+    "has_tumour", "tumour_area", "tumour_area_prepared", "channels_present", "is_edge", "split",
+]
+
+
+def read_patient(patient: PatientFiles) -> tuple[np.ndarray, np.ndarray]:
+    """(S, H, W, 3) uint8 images and (S, H, W) 0/1 masks in integer slice order."""
+    images = np.stack([read_image(s.image) for s in patient.slices])
+    masks = np.stack([read_mask(s.mask) for s in patient.slices])
+    return images, masks
+
+
+def prepare_patient(patient: PatientFiles, config: PrepareConfig, out_dir: Path) -> list[dict]:
+    """Preprocess one volume, write its arrays (and NIfTI), return its manifest rows."""
+    images, masks = read_patient(patient)
+    volume, prepared_mask, geometry = preprocess_volume(
+        images, masks, size=config.image_size,
+        crop_threshold=config.crop_threshold, clip_percentiles=config.clip_percentiles,
+    )
+    array_dir = Path(ARRAYS) / patient.folder
+    (out_dir / array_dir).mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / array_dir / "image.npy", volume.astype(np.float16))
+    np.save(out_dir / array_dir / "mask.npy", prepared_mask)
+    if config.nifti:
+        nifti.write_volume(out_dir / NIFTI / f"{patient.folder}_image.nii.gz", images)
+        nifti.write_volume(out_dir / NIFTI / f"{patient.folder}_mask.nii.gz", masks)
+    present = ",".join(name for name, ok in zip(CHANNELS, channels_present(images)) if ok)
+    last = len(patient.slices) - 1
+    return [
+        {
+            "patient": patient.folder,
+            "patient_id": patient.patient_id,
+            "slice": item.number,
+            "index": k,
+            "image_path": str(item.image),
+            "mask_path": str(item.mask),
+            "array_dir": str(array_dir),
+            "has_tumour": bool(masks[k].any()),
+            "tumour_area": int(masks[k].sum()),
+            "tumour_area_prepared": int(prepared_mask[k].sum()),
+            "channels_present": present,
+            "is_edge": k in (0, last),
+            **geometry.as_dict(),
+        }
+        for k, item in enumerate(patient.slices)
+    ]
+
+
+def build_manifest(rows: Iterable[dict], clinical: pd.DataFrame | None, config: PrepareConfig) -> pd.DataFrame:
+    """One row a slice, the patient-level split assigned, ``data.csv`` joined by patient id."""
+    table = pd.DataFrame(list(rows))
+    burden = table.groupby("patient")["has_tumour"].sum().astype(float).to_dict()
+    table["split"] = table["patient"].map(split_patients(burden, config.split))
+    if clinical is not None:
+        clinical = clinical.rename(columns={"Patient": "patient_id"})
+        missing = sorted(set(table["patient_id"]) - set(clinical["patient_id"].astype(str)))
+        if missing:
+            log.warning("data.csv has no row for %d patient(s), e.g. %s", len(missing), missing[0])
+        table = table.merge(clinical, on="patient_id", how="left", suffixes=("", "_clinical"))
+    return table.sort_values(["patient", "index"], kind="stable").reset_index(drop=True)
+
+
+def summarise(manifest: pd.DataFrame) -> dict:
+    """Counts a person checks first: patients, slices and tumour slices per split part."""
+    parts = {}
+    for part, rows in manifest.groupby("split"):
+        parts[str(part)] = {
+            "patients": int(rows["patient"].nunique()),
+            "slices": int(len(rows)),
+            "tumour_slices": int(rows["has_tumour"].sum()),
+        }
+    return {
+        "patients": int(manifest["patient"].nunique()),
+        "slices": int(len(manifest)),
+        "tumour_slice_fraction": round(float(manifest["has_tumour"].mean()), 4),
+        "image_size": int(manifest["size"].iloc[0]),
+        "splits": parts,
+    }
+
+
+def prepare_dataset(
+    raw_root: Path,
+    config: PrepareConfig,
+    map_fn: Callable = map,
+) -> pd.DataFrame:
+    """Validate the raw tree (nothing written on a fault), then write the whole stage output.
+
+    ``map_fn`` runs per-patient work, e.g. a thread pool's ``map``; results keep patient order.
+    """
+    patients, clinical = scan_raw(Path(raw_root), map_fn=map_fn)
+    with atomic_dir(config.out_dir) as staging:
+        per_patient = map_fn(lambda p: prepare_patient(p, config, staging), patients)
+        manifest = build_manifest((row for rows in per_patient for row in rows), clinical, config)
+        manifest.to_parquet(staging / config.manifest_path.name, index=False)
+        summary = summarise(manifest)
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("prepared %d patients, %d slices into %s", summary["patients"], summary["slices"], config.out_dir)
+    return manifest
+
+
+def load_patient_arrays(out_dir: Path, array_dir: str, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A prepared patient's (S, size, size, 3) float16 images and (S, size, size) masks."""
+    mode = "r" if mmap else None
+    base = Path(out_dir) / array_dir
+    return np.load(base / "image.npy", mmap_mode=mode), np.load(base / "mask.npy", mmap_mode=mode)
