@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine: `make test` and `make demo`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+# reinstall only when the dependencies change; torch==2.13.0 is the CPU wheel here
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/dvc repro
+	@$(BIN)/python -c "import json; s = json.load(open('data/prepared/summary.json')); print('prepared:', json.dumps(s, indent=2))"
+
+clean:
+	rm -rf data models metrics mlruns mlflow.db
