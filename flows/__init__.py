@@ -1,0 +1,10 @@
+"""Prefect flows, one per DVC stage (``python -m flows.<stage>``), and the whole pipeline.
+
+Importing this package switches off Prefect's and DVC's analytics: the machines this pipeline
+runs on are often offline, and a research group's data stays on its own machines.
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
