@@ -132,7 +132,7 @@ class WeightmapConfig(_Section):
     w0: Annotated[float, Field(ge=0.0)] = 10.0
     sigma: Annotated[float, Field(gt=0.0)] = 5.0
     class_balance: Literal["inverse_frequency", "none"] = "inverse_frequency"
-    task_runner: Literal["threads", "dask", "sequential"] = "threads"
+    task_runner: Literal["threads", "processes", "dask"] = "threads"
     workers: PositiveInt = 2
     out_dir: Path = Path("data/weightmaps")
 
@@ -145,7 +145,9 @@ class AugmentConfig(_Section):
     sigma: Annotated[float, Field(ge=0.0)] = 10.0
     image_mode: Literal["bicubic", "bilinear"] = "bicubic"
     seed: int = 0
+    workers: PositiveInt = 2
     out_dir: Path = Path("data/augmented")
+    preview: Path = Path("reports/augment_grid.png")
 
 
 class ModelConfig(_Section):

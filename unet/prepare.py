@@ -137,3 +137,10 @@ def load_patient_arrays(out_dir: Path, array_dir: str, *, mmap: bool = True) -> 
     mode = "r" if mmap else None
     base = Path(out_dir) / array_dir
     return np.load(base / "image.npy", mmap_mode=mode), np.load(base / "mask.npy", mmap_mode=mode)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """The prepare stage's manifest; a clear error when that stage has not run."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no manifest; run the prepare stage first (dvc repro prepare)")
+    return pd.read_parquet(path)
