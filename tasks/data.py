@@ -24,6 +24,7 @@ def _network_fault(task, task_run, state) -> bool:
     retry_delay_seconds=exponential_backoff(backoff_factor=5),
     retry_jitter_factor=0.5,
     retry_condition_fn=_network_fault,
+    timeout_seconds=3 * 3600,  # the client's first request has no timeout of its own
     cache_policy=NO_CACHE,
     persist_result=False,
 )

@@ -59,19 +59,24 @@ def dvc(repo: Path, *args: str, api: str) -> subprocess.CompletedProcess:
     return result
 
 
-def test_repro_prepare_then_nothing_to_do(repo, prefect_api):
-    dvc(repo, "repro", "prepare", api=prefect_api)
+def test_repro_augment_then_nothing_to_do(repo, prefect_api):
+    dvc(repo, "repro", "augment", api=prefect_api)
     manifest = pd.read_parquet(repo / "data/prepared/manifest.parquet")
     assert manifest["patient"].nunique() == 6
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert (repo / "data/raw/kaggle_3m/data.csv").exists()
     assert json.loads((repo / "data/prepared/summary.json").read_text())["image_size"] == 32
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert {"download", "prepare"} <= set(lock["stages"])
+    assert {"download", "prepare", "weightmaps", "augment"} <= set(lock["stages"])
+    weights = json.loads((repo / "data/weightmaps/weightmaps.json").read_text())
+    assert weights["slices"] == len(manifest) and weights["class_weights"]["foreground"] > 1
+    augmented = json.loads((repo / "data/augmented/augment.json").read_text())
+    assert augmented["train_slices"] == (manifest["split"] == "train").sum()
+    assert (repo / "reports/augment_grid.png").stat().st_size > 10_000
 
-    again = dvc(repo, "repro", "prepare", api=prefect_api)
-    assert "didn't change" in again.stdout or "up to date" in again.stdout
-    status = dvc(repo, "status", api=prefect_api)
+    again = dvc(repo, "repro", "augment", api=prefect_api)
+    assert "Running stage" not in again.stdout
+    status = dvc(repo, "status", "augment", api=prefect_api)
     assert "up to date" in status.stdout
 
 
@@ -79,7 +84,7 @@ def test_a_param_change_reruns_only_what_depends_on_it(repo, prefect_api):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"]["image_size"] = 16
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = dvc(repo, "repro", "prepare", api=prefect_api)
-    assert "Running stage 'prepare'" in result.stdout
+    result = dvc(repo, "repro", "augment", api=prefect_api)
+    assert "Running stage 'prepare'" in result.stdout and "Running stage 'augment'" in result.stdout
     assert "Running stage 'download'" not in result.stdout
     assert json.loads((repo / "data/prepared/summary.json").read_text())["image_size"] == 16
