@@ -82,6 +82,21 @@ def test_reflection_mirrors_about_the_edge_pixel() -> None:
     torch.testing.assert_close(out[0, 0, 0, :4], torch.tensor([2.0, 1.0, 0.0, 1.0]), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("image_mode", ["bicubic", "bilinear"])
+def test_reflection_equals_grid_samples_own(image_mode: str) -> None:
+    """Mirroring the points (ours) = mirroring every tap (grid_sample), even for fields past the far edge."""
+    image, mask, weight = square_scene()
+    image = image + torch.rand(image.shape, generator=torch.Generator().manual_seed(8))
+    field = random_displacement(2, SIZE, SIZE, sigma=40.0, generator=torch.Generator().manual_seed(9))
+    out, out_mask, out_weight = elastic_deform(image, mask, weight, image_mode=image_mode, displacement=field)
+    coords = sampling_grid(field)
+    def own(t: torch.Tensor, mode: str) -> torch.Tensor:
+        return F.grid_sample(t, coords, mode=mode, padding_mode="reflection", align_corners=True)
+    torch.testing.assert_close(out, own(image, image_mode), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out_weight, own(weight, "bilinear"), atol=1e-4, rtol=0)
+    assert (out_mask != own(mask.float(), "nearest").to(torch.uint8)).float().mean() < 1e-3
+
+
 def test_weight_matches_scipy_map_coordinates() -> None:
     """Same field through scipy (order 1, mirror): pins the (x, y) order and the backward mapping."""
     weight = torch.rand(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
@@ -242,6 +257,7 @@ BAD_COPIES = [
     ({"seed": -3}, "seed must be an integer >= 0"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"dtype": "float64"}, "dtype 'float64'"),
+    ({"padding_mode": "mirror"}, "padding_mode 'mirror' is not one of"),
     ({"images": IMAGES[..., 0]}, r"float \(N, H, W, C\)"),
     ({"images": IMAGES.astype(np.uint8)}, r"float \(N, H, W, C\)"),
     ({"masks": MASKS[:4]}, r"masks shape \(4, 32, 32\) does not match"),
