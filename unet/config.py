@@ -157,13 +157,48 @@ class ModelConfig(_Section):
     dropout: Fraction = 0.5
 
 
+class OnlineAugmentConfig(_Section):
+    """Augmentations drawn on the fly every batch (the reference's; on the GPU when there is one)."""
+
+    scale: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    rotate_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 15.0
+    flip_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    elastic_sigma: Annotated[float, Field(ge=0.0)] = 0.0  # px at 256 px; 0: only the precomputed copies
+
+
 class TrainConfig(_Section):
+    """The train stage: the reference's recipe by default (Adam 1e-4, batch 16, soft Dice)."""
+
     epochs: PositiveInt = 100
     device: Literal["auto", "cuda", "cpu"] = "auto"
     batch_size: PositiveInt = 16
+    steps_per_epoch: PositiveInt | None = None  # None: one pass over the training rows
+    optimizer: Literal["adam", "sgd"] = "adam"
     lr: Annotated[float, Field(gt=0.0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99  # sgd only (the paper's 0.99)
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    scheduler: Literal["none", "cosine", "plateau"] = "none"
+    dice_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    ce_weight: Annotated[float, Field(ge=0.0)] = 0.0  # > 0: pixel-wise CE weighted by the weight maps
+    grad_clip: Annotated[float, Field(ge=0.0)] = 0.0  # max gradient norm; 0: off
+    early_stopping: NonNegativeInt = 0  # epochs without a better val DSC before stopping; 0: off
+    tumour_sampling: Annotated[float, Field(ge=0.0, le=1.0)] = 10 / 11
+    elastic_copies: bool = True  # train on the augment stage's copies too
+    skip_edge_slices: bool = True  # the reference drops each volume's first and last slice
+    augment: OnlineAugmentConfig = OnlineAugmentConfig()
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model (CUDA)
+    workers: NonNegativeInt = 0  # DataLoader workers on the CPU path
+    resume: bool = False  # continue from out_dir/checkpoint.pt if its config matches
     seed: int = 0
     out_dir: Path = Path("models")
+
+    @model_validator(mode="after")
+    def _loss(self) -> TrainConfig:
+        if self.dice_weight + self.ce_weight == 0:
+            raise ValueError("dice_weight and ce_weight are both 0: set one above 0 (reference: dice_weight 1)")
+        return self
 
 
 class EvaluateConfig(_Section):

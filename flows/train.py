@@ -1,0 +1,107 @@
+"""The ``train`` stage: fit the U-Net on the prepared slices, weight maps and elastic copies.
+
+Runs on a GPU when there is one (``train.device: auto``). Under ``torchrun --nproc_per_node=N
+-m flows.train`` every process trains a DistributedDataParallel replica on its own draws; rank 0
+validates, writes the checkpoints and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import stage_main
+from unet import distributed
+from unet.atomic import atomic_file
+from unet.checkpoint import load_checkpoint
+from unet.config import PipelineConfig
+from unet.data import StageDirs, load_split
+from unet.loader import CpuBatches, DeviceBatches, steps_per_epoch
+from unet.model import build_model
+from unet.prepare import read_manifest
+from unet.train import CHECKPOINT, check_resumable, fit, seed_everything, select_device, write_history
+
+HISTORY = "history.csv"
+METRICS = "train_metrics.json"
+
+
+def build(config: PipelineConfig, device: torch.device) -> torch.nn.Module:
+    m = config.model
+    model = build_model(m.variant, features=m.features, depth=m.depth, dropout=m.dropout).to(device)
+    if device.type == "cuda" and config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@task(name="load-training-data", cache_policy=NO_CACHE, persist_result=False)
+def load_data(config: PipelineConfig):
+    manifest = read_manifest(config.prepare.manifest_path)
+    dirs = StageDirs(config.prepare.out_dir, config.weightmap.out_dir, config.augment.out_dir)
+    train = load_split(manifest, "train", dirs, copies=config.train.elastic_copies,
+                       skip_edge=config.train.skip_edge_slices)
+    val = load_split(manifest, "val", dirs)
+    return train, val
+
+
+def train(config: PipelineConfig, on_epoch=None) -> dict:
+    """Everything the stage does, callable with or without Prefect (torchrun's other ranks)."""
+    cfg = config.train
+    rank, world, device = distributed.setup(select_device(cfg.device))
+    seed_everything(cfg.seed + rank)
+    train_arrays, val_arrays = load_data.fn(config) if rank else load_data(config)
+    model = build(config, device)
+    resume_state = None
+    if cfg.resume and (cfg.out_dir / CHECKPOINT).exists():
+        resume_state = load_checkpoint(cfg.out_dir / CHECKPOINT)
+        check_resumable(resume_state, model.config, cfg)
+    steps = steps_per_epoch(len(train_arrays), cfg.batch_size, cfg.steps_per_epoch, world)
+    batch_args = dict(batch_size=cfg.batch_size, steps=steps, tumour_share=cfg.tumour_sampling, seed=cfg.seed + rank)
+    batches = (DeviceBatches(train_arrays, device, **batch_args) if device.type == "cuda"
+               else CpuBatches(train_arrays, workers=cfg.workers, **batch_args))
+    wrapped = distributed.wrap(model, device)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+
+    def report(epoch: int, metrics: dict) -> None:
+        history.append({"epoch": epoch, **metrics})
+        write_history(history, cfg.out_dir / HISTORY)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    history = list(resume_state["history"]) if resume_state else []
+    state = fit(wrapped, batches, val_arrays, cfg, device, cfg.out_dir, resume_state=resume_state,
+                on_epoch=report, is_main=rank == 0, threshold=config.evaluate.threshold)
+    summary = {"best_val_dsc": state["best_score"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
+               "train_rows": len(train_arrays), "val_volumes": state["history"][-1]["val_volumes"],
+               "device": device.type, "world_size": world,
+               "images_per_s": sum(h["images_per_s"] for h in state["history"]) / len(state["history"])}
+    if rank == 0:
+        with atomic_file(cfg.out_dir / METRICS, "w") as handle:
+            json.dump(summary, handle, indent=2)
+    distributed.teardown()
+    return summary
+
+
+@flow(name="train", log_prints=True)
+def train_flow(config: PipelineConfig) -> dict:
+    logger = get_run_logger()
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        logger.info("epoch %d/%d: loss %.4f, val DSC %.4f (median %.4f), %.1f img/s", epoch, config.train.epochs,
+                    metrics["loss"], metrics["val_dsc"], metrics["val_dsc_median"], metrics["images_per_s"])
+
+    summary = train(config, on_epoch)
+    logger.info("best val DSC %.4f at epoch %d", summary["best_val_dsc"], summary["best_epoch"])
+    return summary
+
+
+def run(config: PipelineConfig) -> dict:
+    return train_flow(config) if distributed.rank() == 0 else train(config)
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main(run, __doc__))

@@ -1,0 +1,267 @@
+"""Training: a few named functions that take model, data, optimizer and device, and return metrics.
+
+``train_one_epoch`` runs the batches (online augmentation, autocast, clipping, NaN guard),
+``validate`` scores whole validation volumes with the reference protocol (threshold, largest 3-D
+component, DSC per volume), ``fit`` loops epochs, writes a checkpoint every epoch and the best
+model separately, and hands each epoch's metrics to a callback (the flow logs them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from unet.checkpoint import save_checkpoint
+from unet.config import TrainConfig
+from unet.data import SliceArrays, volumes
+from unet.losses import CombinedLoss
+from unet.metrics import dice, postprocess
+from unet.precompute import scale_px
+from unet.model import PaperUNet, mirror_pad, paper_output_size, paper_valid_input_size
+from unet.transforms import AugmentParams, augment_batch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is an error, not a fallback."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device: use 'auto' or 'cpu'")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5)
+    return None
+
+
+def same_size_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits at the input's size: the padded reference net as is; the unpadded paper net on a
+    mirrored input (the overlap-tile border) with its output cropped back to the input size."""
+    net = getattr(model, "module", model)  # DistributedDataParallel / compiled wrappers
+    net = getattr(net, "_orig_mod", net)
+    if not isinstance(net, PaperUNet):
+        return model(x)
+    height, width = x.shape[-2:]
+    depth = net.config["depth"]
+    size_in = paper_valid_input_size(max(height, width), depth)
+    size_out = paper_output_size(size_in, depth)
+    top, left = (size_in - height) // 2, (size_in - width) // 2
+    padded = mirror_pad(x, top, size_in - height - top, left, size_in - width - left)
+    margin = (size_in - size_out) // 2
+    logits = model(padded)  # (B, C, size_out, size_out)
+    return logits[..., top - margin : top - margin + height, left - margin : left - margin + width]
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable,
+    loss_fn: CombinedLoss,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    epoch: int,
+    augment: AugmentParams,
+    amp: bool = True,
+    grad_clip: float = 0.0,
+    channels_last: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One epoch; returns the mean loss (and its terms), images/s and the learning rate."""
+    model.train()
+    totals: dict[str, float] = {}
+    seen, started = 0, time.perf_counter()
+    steps = getattr(batches, "steps", None)
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", unit="batch", disable=not progress,
+               leave=False, mininterval=1.0)
+    for step, (image, mask, weight) in enumerate(bar, start=1):
+        image, mask, weight = (t.to(device, non_blocking=True) for t in (image, mask, weight))
+        image, mask, weight = augment_batch(image, mask, weight, **asdict(augment), generator=generator)
+        if channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits = same_size_logits(model, image)
+        parts = loss_fn.parts(logits.float(), mask, weight)
+        loss = sum(parts.values())
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr, set train.grad_clip, "
+                "or check the inputs (a NaN in the prepared arrays or weight maps)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        seen += image.shape[0]
+        for name, value in {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()}}.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach())
+        if step % 10 == 0 or step == steps:
+            bar.set_postfix(loss=f"{totals['loss'] / step:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
+    elapsed = time.perf_counter() - started
+    metrics = {name: total / max(step, 1) for name, total in totals.items()}
+    metrics.update(images_per_s=seen / elapsed, epoch_seconds=elapsed, lr=optimizer.param_groups[0]["lr"])
+    return metrics
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, *,
+                          batch_size: int = 32, amp: bool = True) -> np.ndarray:
+    """Foreground probabilities (N, H, W) for (N, 3, H, W) preprocessed slices."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]), device=device).float()
+        with _autocast(device, amp):
+            logits = same_size_logits(model, chunk).float()
+        probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1]
+        out.append(probs.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + tuple(images.shape[-2:]), np.float32)
+
+
+def validate(model: nn.Module, arrays: SliceArrays, device: torch.device, *, threshold: float = 0.5,
+             batch_size: int = 32, amp: bool = True) -> dict[str, float]:
+    """Per-volume DSC after threshold + largest 3-D component (the reference protocol), and without."""
+    probs = predict_probabilities(model, arrays.images, device, batch_size=batch_size, amp=amp)
+    scores, raw_scores = [], []
+    for _, rows in volumes(arrays):
+        target = arrays.masks[rows, 0]
+        scores.append(dice(postprocess(probs[rows], threshold=threshold), target))
+        raw_scores.append(dice(probs[rows] >= threshold, target))
+    return {"val_dsc": float(np.mean(scores)), "val_dsc_median": float(np.median(scores)),
+            "val_dsc_no_postprocess": float(np.mean(raw_scores)), "val_volumes": len(scores)}
+
+
+def fit(
+    model: nn.Module,
+    batches: Iterable,
+    val_arrays: SliceArrays,
+    config: TrainConfig,
+    device: torch.device,
+    out_dir: Path,
+    *,
+    resume_state: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    is_main: bool = True,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Train for ``config.epochs`` epochs (continuing ``resume_state``); returns the final state."""
+    net = getattr(model, "module", model)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    loss_fn = CombinedLoss(dice_weight=config.dice_weight, ce_weight=config.ce_weight)
+    size = val_arrays.images.shape[-1]
+    augment = AugmentParams(scale=config.augment.scale, rotate_deg=config.augment.rotate_deg,
+                            flip_p=config.augment.flip_p, elastic_sigma=scale_px(config.augment.elastic_sigma, size))
+    generator = torch.Generator().manual_seed(config.seed + 1)  # augmentations draw on the CPU, any device
+    state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "history": []}
+    if resume_state is not None:
+        net.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if scheduler is not None and resume_state.get("scheduler"):
+            scheduler.load_state_dict(resume_state["scheduler"])
+        torch.set_rng_state(resume_state["rng"])
+        generator.manual_seed(config.seed + 1 + resume_state["epoch"])
+        state.update({k: resume_state[k] for k in ("epoch", "best_score", "best_epoch", "history")})
+        log.info("resuming after epoch %d (best val DSC %.4f)", state["epoch"], state["best_score"])
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        metrics = train_one_epoch(
+            model, batches, loss_fn, optimizer, device, epoch=epoch, augment=augment, amp=config.amp,
+            grad_clip=config.grad_clip, channels_last=config.channels_last and device.type == "cuda",
+            generator=generator, progress=is_main,
+        )
+        metrics.update(validate(net, val_arrays, device, threshold=threshold, amp=config.amp))
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(metrics["val_dsc"])
+        elif scheduler is not None:
+            scheduler.step()
+        improved = metrics["val_dsc"] > state["best_score"]
+        if improved:
+            state.update(best_score=metrics["val_dsc"], best_epoch=epoch)
+        state["epoch"] = epoch
+        state["history"].append({"epoch": epoch, **metrics})
+        if is_main:
+            checkpoint = {
+                "model": net.state_dict(), "model_config": net.config, "train_config": config.model_dump(mode="json"),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+                "rng": torch.get_rng_state(), **state,
+            }
+            save_checkpoint(out_dir / CHECKPOINT, checkpoint)
+            if improved:
+                save_checkpoint(out_dir / BEST, {k: checkpoint[k] for k in
+                                                 ("model", "model_config", "train_config", "epoch", "best_score")})
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+        if config.early_stopping and epoch - state["best_epoch"] >= config.early_stopping:
+            log.info("early stop at epoch %d: no better val DSC for %d epochs", epoch, config.early_stopping)
+            break
+    return state
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> Path:
+    """Per-epoch metrics as a CSV that ``dvc plots`` draws; replaced atomically every epoch."""
+    import pandas as pd
+
+    from unet.atomic import atomic_file
+
+    with atomic_file(path, "w") as handle:
+        pd.DataFrame(history).to_csv(handle, index=False)
+    return path
+
+
+def check_resumable(state: dict[str, Any], model_config: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse to continue a checkpoint that was trained with another model or recipe."""
+    if state["model_config"] != model_config:
+        raise ValueError(
+            f"train.resume: the checkpoint's model {state['model_config']} differs from params' {model_config}; "
+            "set train.resume: false to start afresh"
+        )
+    ignored = {"epochs", "resume", "early_stopping", "workers"}
+    saved = {k: v for k, v in state["train_config"].items() if k not in ignored}
+    current = {k: v for k, v in config.model_dump(mode="json").items() if k not in ignored}
+    changed = sorted(k for k in current if saved.get(k) != current[k])
+    if changed:
+        raise ValueError(
+            f"train.resume: the checkpoint was trained with other values of train.{', train.'.join(changed)}; "
+            "restore them or set train.resume: false to start afresh"
+        )
