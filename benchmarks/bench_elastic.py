@@ -174,28 +174,35 @@ def compare(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor, co
         print(f"  {key:45s} {value:.2e}")
 
 
-def cuda_rate(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor, rounds: int) -> None:
-    device = torch.device("cuda")
+def device_rate(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor, rounds: int, device: str) -> None:
+    """Slices per second for one batch on `device` (cuda; cpu for a dry run of this code)."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     image, mask, weight = images.to(device), masks.to(device), weights.to(device)
     n = image.shape[0]
-    print(f"\n{torch.cuda.get_device_name(device)}, one batch of {n} slices, rounds of 20 batches, best round:")
+    print(f"\n{name}, one batch of {n} slices, rounds of 10 batches, best round:")
     for mode in ("bicubic", "bilinear"):
         for _ in range(3):
             elastic_deform(image, mask, weight, image_mode=mode)  # warm-up
         best = float("inf")
         for _ in range(rounds):
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
-            for _ in range(20):
+            for _ in range(10):
                 elastic_deform(image, mask, weight, image_mode=mode)
-            torch.cuda.synchronize()
-            best = min(best, (time.perf_counter() - start) / 20)
-        print(f"  torch {mode:8s} image + nearest mask + bilinear weight: {n / best:10,.0f} slices/s")
-    gen_cpu, gen_gpu = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    on_cpu = elastic_deform(images[:8], masks[:8], weights[:8], generator=gen_cpu)
-    on_gpu = elastic_deform(image[:8], mask[:8], weight[:8], generator=gen_gpu)
-    print(f"  same seed, CPU vs GPU: image max |diff| {float((on_cpu[0] - on_gpu[0].cpu()).abs().max()):.2e}, "
-          f"mask pixels differing {int((on_cpu[1] != on_gpu[1].cpu()).sum())}")
+            sync()
+            best = min(best, (time.perf_counter() - start) / 10)
+        print(f"  elastic_deform {mode:8s} (+ nearest mask, bilinear weight): {n / best:10,.0f} slices/s")
+    nhwc = np.ascontiguousarray(images.numpy().transpose(0, 2, 3, 1)).astype(np.float16)
+    start = time.perf_counter()
+    deform_copies(nhwc, masks[:, 0].numpy(), weights[:, 0].numpy(), copies=2, device=device)
+    rate = 2 * n / (time.perf_counter() - start)
+    print(f"  deform_copies, numpy fp16 in and out, 2 copies:            {rate:10,.0f} slices/s")
+    on_cpu = elastic_deform(images[:8], masks[:8], weights[:8], generator=torch.Generator().manual_seed(3))
+    on_dev = elastic_deform(image[:8], mask[:8], weight[:8], generator=torch.Generator().manual_seed(3))
+    print(f"  same seed, CPU vs {device.type}: image max |diff| {float((on_cpu[0] - on_dev[0].cpu()).abs().max()):.2e}, "
+          f"mask pixels differing {int((on_cpu[1] != on_dev[1].cpu()).sum())}")
 
 
 def main() -> None:
@@ -212,12 +219,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {threads} threads available; slices {SIZE}x{SIZE}x3 + mask + weight map")
     images, masks, weights = phantom(args.n)
     if args.device == "cuda":
-        cuda_rate(images, masks, weights, args.rounds)
+        device_rate(images, masks, weights, args.rounds, "cuda")
         count = min(args.n, 16)
-        torch.set_num_threads(1)
-        best = best_ms_per_slice(cpu_runs(images[:count], masks[:count], weights[:count], count, 1), 1)
-        ms = best["scipy map_coordinates order 3 (baseline)"][1]
-        print(f"  scipy map_coordinates order 3, one CPU core:        {1e3 / ms:10,.0f} slices/s")
+        runs = cpu_runs(images[:count], masks[:count], weights[:count], args.batch, 1)
+        keep = ("torch bicubic, 1 thread, 1 slice a call", "scipy map_coordinates order 3 (baseline)")
+        for name, (_, cpu) in best_ms_per_slice({k: runs[k] for k in keep}, args.rounds).items():
+            print(f"  {name + ', CPU time':58s} {1e3 / cpu:10,.0f} slices/s")
         return
 
     runs = cpu_runs(images, masks, weights, args.batch, threads)

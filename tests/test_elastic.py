@@ -20,6 +20,16 @@ from unet.elastic import (
 SIZE = 48
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine each parallel op
+    can wait ~10 ms for a descheduled worker: run this module single-threaded, then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def square_scene(batch: int = 2, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A bright square (image 1, mask 1, weight 10) on a dark field (0, 0, 1), three image channels."""
     mask = torch.zeros(batch, 1, size, size, dtype=torch.uint8)
