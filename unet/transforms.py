@@ -161,7 +161,9 @@ def random_affine(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """(B, 2, 3) random thetas on `device`: `draw_affine_params` then `affine_matrix`."""
-    zoom, angle, flip = draw_affine_params(batch, scale=scale, rotate_deg=rotate_deg, flip_p=flip_p, generator=generator)
+    zoom, angle, flip = draw_affine_params(
+        batch, scale=scale, rotate_deg=rotate_deg, flip_p=flip_p, generator=generator
+    )
     return affine_matrix(zoom, angle, flip, height, width, device=device)
 
 
@@ -191,20 +193,23 @@ def affine_displacement(
 def _affine_displacement(
     theta: torch.Tensor, height: int, width: int, displacement: torch.Tensor | None
 ) -> torch.Tensor:
-    batch = theta.shape[0]
-    half = torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], device=theta.device)
+    batch, kw = theta.shape[0], {"device": theta.device, "dtype": theta.dtype}
+    half = torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], **kw)
     linear = theta[:, :, :2] * half[None, :, None] / half[None, None, :]  # (B, 2, 2), in pixels
     # source = half * (theta @ (p / half - 1) + 1): the constant part collects into `shift`.
     shift = half * (1.0 + theta[:, :, 2] - theta[:, :, :2].sum(-1))  # (B, 2)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=theta.device, dtype=theta.dtype),
-        torch.arange(width, device=theta.device, dtype=theta.dtype),
-        indexing="ij",
-    )
-    pixels = torch.stack([xs, ys], -1)  # (H, W, 2)
-    points = pixels if displacement is None else pixels + displacement.to(theta)  # (H, W, 2) or (B, H, W, 2)
-    source = points.reshape(-1, height * width, 2) @ linear.transpose(1, 2) + shift[:, None, :]  # (B, HW, 2)
-    return source.view(batch, height, width, 2) - pixels
+    # displacement = source - p = (linear - I) p + shift + linear d: computed elementwise (a K=2
+    # matmul is 5x slower on a CPU), the p terms broadcast from (B, 1, W) and (B, H, 1).
+    coef = (linear - torch.eye(2, **kw))[:, :, :, None, None]  # (B, 2, 2, 1, 1)
+    xs, ys = torch.arange(width, **kw).view(1, 1, width), torch.arange(height, **kw).view(1, height, 1)
+    field = torch.empty(batch, height, width, 2, **kw)
+    d = None if displacement is None else displacement.to(**kw)
+    for axis in (0, 1):
+        out = field[..., axis]  # (B, H, W), strided
+        torch.add(coef[:, axis, 0] * xs + shift[:, axis, None, None], coef[:, axis, 1] * ys, out=out)
+        if d is not None:
+            out.addcmul_(d[..., 0], linear[:, axis, 0, None, None]).addcmul_(d[..., 1], linear[:, axis, 1, None, None])
+    return field
 
 
 def _check_image(image: torch.Tensor) -> None:
@@ -247,9 +252,9 @@ def _warp(
     out, out_mask, out_weight = elastic_deform(
         image - image_low, mask, shifted_weight, image_mode="bilinear", padding_mode="zeros", displacement=field
     )
-    out_image = _restore(out + image_low, image)
+    out_image = _restore(out.add_(image_low), image)  # out and out_weight are fresh: add in place
     if out_weight is not None:
-        out_weight = _restore(out_weight + weight_low, weight)
+        out_weight = _restore(out_weight.add_(weight_low), weight)
     if out_mask is not None:
         out_mask = _restore(out_mask, mask)
     return out_image, out_mask, out_weight
@@ -294,7 +299,8 @@ def augment_batch(
             )
         if affine.shape[:1] != (batch,):
             raise ValueError(
-                f"augment: affine of shape {tuple(affine.shape)} for a batch of {batch}; pass one (2, 3) theta a sample."
+                f"augment: affine of shape {tuple(affine.shape)} for a batch of {batch}; "
+                "pass one (2, 3) theta a sample."
             )
         field = affine_displacement(
             affine.to(image.device), height, width, None if displacement is None else displacement.to(image.device)
