@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from prefect import flow, unmapped
 
 from flows.common import stage_main, task_runner
@@ -87,7 +89,10 @@ def augment_flow(config: PipelineConfig) -> dict:
 
 
 def run(config: PipelineConfig) -> dict:
-    runner = task_runner(config.weightmap.task_runner, config.augment.workers)
+    workers = config.augment.workers
+    # each worker thread warps one patient; torch's own threads would only fight over the cores
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    runner = task_runner(config.weightmap.task_runner, workers)
     return augment_flow.with_options(task_runner=runner)(config)
 
 
