@@ -87,14 +87,24 @@ def preprocess_volume(
     )
     volume = np.pad(volume[:, y0:y1, x0:x1], ((0, 0), (top, bottom), (left, right), (0, 0)))
     cropped_mask = np.pad(mask[:, y0:y1, x0:x1], ((0, 0), (top, bottom), (left, right)))
-    volume = np.stack(
-        [resize(s, (size, size, 3), order=2, mode="constant", cval=0, anti_aliasing=False) for s in volume]
-    ).astype(np.float32)
+    volume = np.stack([_resize_planes(s, size) for s in volume])
     out_mask = np.stack(
         [resize(m, (size, size), order=0, mode="constant", cval=0, anti_aliasing=False, preserve_range=True)
          for m in cropped_mask]
     ).astype(np.uint8)
     return normalise(volume, clip_percentiles), out_mask, geometry
+
+
+def _resize_planes(image: np.ndarray, size: int) -> np.ndarray:
+    """(h, w, C) -> (size, size, C), order-2 spline per channel plane (the reference's resize order).
+
+    One 2-D resize per channel: a 3-D resize would also run the spline prefilter along the
+    channel axis, five times slower for the same values (to 2e-4, from the boundary handling).
+    """
+    return np.stack(
+        [resize(image[..., c], (size, size), order=2, mode="constant", cval=0, anti_aliasing=False)
+         for c in range(image.shape[-1])], axis=-1,
+    ).astype(np.float32)
 
 
 def normalise(volume: np.ndarray, clip_percentiles: tuple[float, float]) -> np.ndarray:
