@@ -33,7 +33,7 @@ class SyntheticConfig(_Section):
     min_slices: PositiveInt = 20
     max_slices: PositiveInt = 88
     image_size: Annotated[int, Field(ge=16)] = 256
-    seed: int = 0
+    seed: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _slice_range(self) -> SyntheticConfig:
