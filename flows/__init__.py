@@ -8,3 +8,5 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# the library logs with stdlib logging; let Prefect show those lines in the run logs and the UI
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "unet")

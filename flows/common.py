@@ -21,7 +21,7 @@ def stage_main(flow: Callable[[PipelineConfig], object], description: str, argv:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("unet").setLevel(logging.INFO)  # shown through Prefect's handlers (flows/__init__.py)
     try:
         config = load_config(args.params)
         flow(config)

@@ -112,7 +112,7 @@ def train_one_epoch(
     totals: dict[str, float] = {}
     seen, started = 0, time.perf_counter()
     steps = getattr(batches, "steps", None)
-    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", unit="batch", disable=not progress,
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", unit="batch", disable=None if progress else True,
                leave=False, mininterval=1.0)
     for step, (image, mask, weight) in enumerate(bar, start=1):
         image, mask, weight = (t.to(device, non_blocking=True) for t in (image, mask, weight))

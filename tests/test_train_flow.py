@@ -1,0 +1,109 @@
+"""The train stage as users run it: the flows in order on a tiny set, then a killed run resumed.
+
+The kill is real: ``python -m flows.train`` in a subprocess, SIGKILL once its first checkpoint is
+on disk, then the same command with ``train.resume: true`` continues after that epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import make_raw_tree
+from unet.checkpoint import load_checkpoint, model_from_checkpoint
+from unet.config import parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def params_for(root: Path, **train) -> dict:
+    return {
+        "data": {"raw_dir": str(root / "raw")},
+        "prepare": {"image_size": 32, "out_dir": str(root / "prepared"), "nifti": False,
+                    "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 1}},
+        "weightmap": {"out_dir": str(root / "weightmaps")},
+        "augment": {"copies": 1, "out_dir": str(root / "augmented"), "preview": str(root / "grid.png")},
+        "model": {"variant": "reference", "features": 4, "depth": 2},
+        "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "device": "cpu", "lr": 1e-3,
+                  "out_dir": str(root / "models"), **train},
+    }
+
+
+@pytest.fixture(scope="module")
+def stage_root(tmp_path_factory, prefect_api) -> Path:
+    """Raw tree -> prepare -> weightmaps -> augment, through the flows themselves."""
+    from flows import augment, prepare, weightmaps
+
+    root = tmp_path_factory.mktemp("stages")
+    make_raw_tree(root / "raw/kaggle_3m", patients=6, slices=6, size=32)
+    config = parse_config(params_for(root))
+    prepare.run(config)
+    weightmaps.run(config)
+    augment.run(config)
+    return root
+
+
+def test_train_flow_writes_checkpoints_curves_and_metrics(stage_root):
+    from flows import train
+
+    summary = train.run(parse_config(params_for(stage_root)))
+    models = stage_root / "models"
+    assert summary["epochs"] == 2 and summary["device"] == "cpu" and 0 <= summary["best_val_dsc"] <= 1
+    history = pd.read_csv(models / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and {"loss", "val_dsc", "images_per_s"} <= set(history.columns)
+    assert json.loads((models / "train_metrics.json").read_text())["best_epoch"] == summary["best_epoch"]
+    checkpoint = load_checkpoint(models / "checkpoint.pt")
+    assert checkpoint["train_config"]["lr"] == 1e-3 and checkpoint["model_config"]["depth"] == 2
+    assert model_from_checkpoint(models / "best.pt").config["features"] == 4
+
+
+def run_train(params: Path, api: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": api, "PYTHONPATH": str(REPO), "PREFECT_LOGGING_LEVEL": "INFO"}
+    return subprocess.Popen([sys.executable, "-m", "flows.train", "--params", str(params)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_run_resumes_after_its_last_checkpoint(stage_root, prefect_api, tmp_path):
+    out = tmp_path / "models"
+    params = params_for(stage_root, epochs=200, out_dir=str(out))
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    process = run_train(path, prefect_api, REPO)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    assert 1 <= done < 200
+
+    params["train"].update(resume=True, epochs=done + 2)
+    path.write_text(yaml.safe_dump(params))
+    resumed = run_train(path, prefect_api, REPO)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert f"resuming after epoch {done}" in output
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == list(range(1, done + 3))
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == done + 2
+
+
+def test_resume_with_another_recipe_is_refused(stage_root, prefect_api, tmp_path):
+    from flows import train
+
+    params = params_for(stage_root, epochs=1, out_dir=str(tmp_path / "models"))
+    train.run(parse_config(params))
+    params["train"].update(resume=True, epochs=2, lr=0.5)
+    with pytest.raises(ValueError, match="train.lr"):
+        train.run(parse_config(params))
