@@ -32,7 +32,7 @@ METRICS = "train_metrics.json"
 def build(config: PipelineConfig, device: torch.device) -> torch.nn.Module:
     m = config.model
     model = build_model(m.variant, features=m.features, depth=m.depth, dropout=m.dropout).to(device)
-    if device.type == "cuda" and config.train.channels_last:
+    if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 

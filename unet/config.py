@@ -186,8 +186,8 @@ class TrainConfig(_Section):
     elastic_copies: bool = True  # train on the augment stage's copies too
     skip_edge_slices: bool = True  # the reference drops each volume's first and last slice
     augment: OnlineAugmentConfig = OnlineAugmentConfig()
-    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
-    channels_last: bool = True  # on CUDA
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX)
+    channels_last: bool = True
     compile: bool = False  # torch.compile the model (CUDA)
     workers: NonNegativeInt = 0  # DataLoader workers on the CPU path
     resume: bool = False  # continue from out_dir/checkpoint.pt if its config matches
