@@ -51,6 +51,7 @@ def test_defaults_are_the_reference_values():
         ({"train": {"epoch": 3}}, "train.epoch", "unknown key"),
         ({"data": {"synthetic": {"min_slices": 30, "max_slices": 20}}}, "data.synthetic", "min_slices"),
         ({"registry": {"model_name": ""}}, "registry.model_name", "at least 1"),
+        ({"prepare": {"image_size": 72}, "model": {"depth": 4}}, "(top level)", "multiple of 16 (e.g. 64 or 80)"),
     ],
 )
 def test_bad_values_name_key_value_and_fix(raw, key, hint):

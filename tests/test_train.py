@@ -160,3 +160,14 @@ def test_asking_for_cuda_without_a_gpu_is_an_error():
     assert select_device("auto").type == "cpu"
     with pytest.raises(RuntimeError, match="no CUDA device"):
         select_device("cuda")
+
+
+def test_paper_recipe_trains_with_sgd_and_the_weight_map_loss(tmp_path):
+    arrays = squares()
+    arrays.weights[:] = 3.0
+    config = tiny_config(optimizer="sgd", lr=1e-2, dice_weight=0.0, ce_weight=1.0, epochs=1, grad_clip=1.0)
+    batches = CpuBatches(arrays, batch_size=2, steps=2, tumour_share=10 / 11)
+    state = fit(build_model("paper", features=4, depth=2), batches, arrays, config, torch.device("cpu"), tmp_path)
+    (epoch,) = state["history"]
+    assert math.isfinite(epoch["loss_ce"]) and "loss_dice" not in epoch
+    assert load_checkpoint(tmp_path / CHECKPOINT)["model_config"]["variant"] == "paper"

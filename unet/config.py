@@ -229,6 +229,18 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
+    @model_validator(mode="after")
+    def _size_fits_depth(self) -> PipelineConfig:
+        step = 2**self.model.depth
+        size = self.prepare.image_size
+        if self.model.variant == "reference" and size % step:
+            fits = sorted({max(step, size // step * step), -(-size // step) * step})
+            raise ValueError(
+                f"prepare.image_size {size} cannot be halved model.depth={self.model.depth} times: "
+                f"use a multiple of {step} (e.g. {' or '.join(map(str, fits))}) or a smaller depth"
+            )
+        return self
+
 
 def _describe(error: dict, raw: dict) -> str:
     """One line per fault: the dotted key, the value given, and what would be accepted."""
