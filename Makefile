@@ -23,8 +23,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/dvc repro
-	@$(BIN)/python -c "import json; s = json.load(open('data/prepared/summary.json')); print('prepared:', json.dumps(s, indent=2))"
+	@start=$$(date +%s); \
+	$(BIN)/dvc repro && \
+	echo && echo "split (data/prepared/summary.json):" && \
+	$(BIN)/python -c "import json; s = json.load(open('data/prepared/summary.json')); print(json.dumps(s['splits']))" && \
+	echo && $(BIN)/dvc metrics show && \
+	echo && echo "pipeline finished in $$(( $$(date +%s) - start )) s; curves: dvc plots show (writes dvc_plots/index.html)"
 
 clean:
 	rm -rf data models metrics mlruns mlflow.db

@@ -6,7 +6,8 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,12 +33,16 @@ def stage_main(flow: Callable[[PipelineConfig], object], description: str, argv:
 
 
 @contextmanager
-def thread_map(workers: int):
-    """A ``map`` over a thread pool (or the builtin one for a single worker), keeping input order."""
+def process_map(workers: int):
+    """A ``map`` over a pool of worker processes (the builtin one for a single worker), in order.
+
+    Processes, not threads: numpy/scipy/skimage image work mostly holds the GIL. ``spawn`` keeps
+    the workers clear of the threads Prefect runs in this process.
+    """
     if workers <= 1:
         yield map
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield pool.map
 
 

@@ -7,14 +7,14 @@ import sys
 import pandas as pd
 from prefect import flow
 
-from flows.common import stage_main, thread_map
+from flows.common import stage_main, process_map
 from tasks import data as data_tasks
 from unet.config import PipelineConfig
 
 
 @flow(name="prepare", log_prints=True)
 def prepare_flow(config: PipelineConfig) -> pd.DataFrame:
-    with thread_map(config.prepare.workers) as map_fn:
+    with process_map(config.prepare.workers) as map_fn:
         return data_tasks.prepare_dataset(config.data.raw_root, config.prepare, map_fn=map_fn)
 
 

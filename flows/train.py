@@ -20,6 +20,7 @@ from unet.atomic import atomic_file
 from unet.checkpoint import load_checkpoint
 from unet.config import PipelineConfig
 from unet.data import StageDirs, load_split
+from unet.inference import preprocess_metadata
 from unet.loader import CpuBatches, DeviceBatches, steps_per_epoch
 from unet.model import build_model
 from unet.prepare import read_manifest
@@ -74,7 +75,8 @@ def train(config: PipelineConfig, on_epoch=None) -> dict:
 
     history = list(resume_state["history"]) if resume_state else []
     state = fit(wrapped, batches, val_arrays, cfg, device, cfg.out_dir, resume_state=resume_state,
-                on_epoch=report, is_main=rank == 0, threshold=config.evaluate.threshold)
+                on_epoch=report, is_main=rank == 0, threshold=config.evaluate.threshold,
+                metadata={"preprocess": preprocess_metadata(config.prepare), "threshold": config.evaluate.threshold})
     summary = {"best_val_dsc": state["best_score"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
                "train_rows": len(train_arrays), "val_volumes": state["history"][-1]["val_volumes"],
                "device": device.type, "world_size": world,

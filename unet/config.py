@@ -109,7 +109,7 @@ class PrepareConfig(_Section):
     clip_percentiles: tuple[float, float] = (10.0, 99.0)
     split: SplitConfig = SplitConfig()
     nifti: bool = True
-    workers: PositiveInt = 2
+    workers: PositiveInt = 2  # processes preprocessing patients
 
     @model_validator(mode="after")
     def _percentiles(self) -> PrepareConfig:

@@ -12,6 +12,7 @@ Output layout under ``prepare.out_dir`` (written into a staging folder, renamed 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -119,11 +120,12 @@ def prepare_dataset(
 ) -> pd.DataFrame:
     """Validate the raw tree (nothing written on a fault), then write the whole stage output.
 
-    ``map_fn`` runs per-patient work, e.g. a thread pool's ``map``; results keep patient order.
+    ``map_fn`` runs per-patient work, e.g. a process pool's ``map`` (the resize and percentiles hold
+    the GIL, so threads do not help); results keep patient order.
     """
     patients, clinical = scan_raw(Path(raw_root), map_fn=map_fn)
     with atomic_dir(config.out_dir) as staging:
-        per_patient = map_fn(lambda p: prepare_patient(p, config, staging), patients)
+        per_patient = map_fn(functools.partial(prepare_patient, config=config, out_dir=staging), patients)
         manifest = build_manifest((row for rows in per_patient for row in rows), clinical, config)
         manifest.to_parquet(staging / config.manifest_path.name, index=False)
         summary = summarise(manifest)

@@ -66,18 +66,17 @@ def square_padding(height: int, width: int) -> tuple[int, int, int, int]:
 
 def preprocess_volume(
     image: np.ndarray,
-    mask: np.ndarray,
+    mask: np.ndarray | None,
     *,
     size: int,
     crop_threshold: float = 0.1,
     clip_percentiles: tuple[float, float] = (10.0, 99.0),
-) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """(S, H, W, 3) uint8 image and (S, H, W) 0/1 mask -> float32 (S, size, size, 3), uint8 mask."""
-    if image.ndim != 4 or image.shape[-1] != 3 or image.shape[:3] != mask.shape:
-        raise ValueError(
-            f"expected image (S, H, W, 3) and mask (S, H, W) of the same S, H, W; "
-            f"got {image.shape} and {mask.shape}"
-        )
+) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """(S, H, W, 3) uint8 image and (S, H, W) 0/1 mask (or None, for inference) ->
+    float32 (S, size, size, 3), uint8 (S, size, size) mask (or None) and the geometry."""
+    if image.ndim != 4 or image.shape[-1] != 3 or (mask is not None and image.shape[:3] != mask.shape):
+        shapes = f"{image.shape}" + ("" if mask is None else f" and {mask.shape}")
+        raise ValueError(f"expected image (S, H, W, 3) and mask (S, H, W) of the same S, H, W; got {shapes}")
     volume = image.astype(np.float32)
     volume[volume < crop_threshold * volume.max()] = 0.0
     y0, y1, x0, x1 = crop_box(volume, crop_threshold)
@@ -86,12 +85,14 @@ def preprocess_volume(
         image.shape[1], image.shape[2], y0, y1, x0, x1, top, bottom, left, right, size
     )
     volume = np.pad(volume[:, y0:y1, x0:x1], ((0, 0), (top, bottom), (left, right), (0, 0)))
-    cropped_mask = np.pad(mask[:, y0:y1, x0:x1], ((0, 0), (top, bottom), (left, right)))
     volume = np.stack([_resize_planes(s, size) for s in volume])
-    out_mask = np.stack(
-        [resize(m, (size, size), order=0, mode="constant", cval=0, anti_aliasing=False, preserve_range=True)
-         for m in cropped_mask]
-    ).astype(np.uint8)
+    out_mask = None
+    if mask is not None:
+        cropped_mask = np.pad(mask[:, y0:y1, x0:x1], ((0, 0), (top, bottom), (left, right)))
+        out_mask = np.stack(
+            [resize(m, (size, size), order=0, mode="constant", cval=0, anti_aliasing=False, preserve_range=True)
+             for m in cropped_mask]
+        ).astype(np.uint8)
     return normalise(volume, clip_percentiles), out_mask, geometry
 
 

@@ -196,8 +196,12 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     is_main: bool = True,
     threshold: float = 0.5,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train for ``config.epochs`` epochs (continuing ``resume_state``); returns the final state."""
+    """Train for ``config.epochs`` epochs (continuing ``resume_state``); returns the final state.
+
+    ``metadata`` (e.g. the preprocessing a model expects) goes into every checkpoint as is.
+    """
     net = getattr(model, "module", model)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
@@ -235,13 +239,15 @@ def fit(
         if is_main:
             checkpoint = {
                 "model": net.state_dict(), "model_config": net.config, "train_config": config.model_dump(mode="json"),
+                "metadata": metadata or {},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
                 "rng": torch.get_rng_state(), **state,
             }
             save_checkpoint(out_dir / CHECKPOINT, checkpoint)
             if improved:
                 save_checkpoint(out_dir / BEST, {k: checkpoint[k] for k in
-                                                 ("model", "model_config", "train_config", "epoch", "best_score")})
+                                                 ("model", "model_config", "train_config", "metadata", "epoch",
+                                                  "best_score")})
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
         if config.early_stopping and epoch - state["best_epoch"] >= config.early_stopping:
