@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import make_raw_tree
+from unet import nifti
 from unet.checkpoint import load_checkpoint, model_from_checkpoint
 from unet.config import parse_config
 
@@ -35,6 +36,8 @@ def params_for(root: Path, **train) -> dict:
         "model": {"variant": "reference", "features": 4, "depth": 2},
         "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "device": "cpu", "lr": 1e-3,
                   "out_dir": str(root / "models"), **train},
+        "evaluate": {"out_dir": str(root / "metrics"), "predictions_dir": str(root / "predictions"),
+                     "overlays_dir": str(root / "overlays"), "overlay_patients": 2},
     }
 
 
@@ -64,6 +67,26 @@ def test_train_flow_writes_checkpoints_curves_and_metrics(stage_root):
     checkpoint = load_checkpoint(models / "checkpoint.pt")
     assert checkpoint["train_config"]["lr"] == 1e-3 and checkpoint["model_config"]["depth"] == 2
     assert model_from_checkpoint(models / "best.pt").config["features"] == 4
+
+
+def test_evaluate_flow_writes_metrics_predictions_and_overlays(stage_root):
+    from flows import evaluate, train
+
+    config = parse_config(params_for(stage_root))
+    if not (stage_root / "models/best.pt").exists():
+        train.run(config)
+    metrics = evaluate.run(config)
+    saved = json.loads((stage_root / "metrics/eval.json").read_text())
+    assert saved["split"] == "test" and saved["n_volumes"] >= 1 and "val" in saved
+    assert {"dsc_mean", "dsc_median", "hd95_mean", "global_dice", "tumour_slice_dice"} <= set(saved)
+    assert saved["dsc_mean"] == pytest.approx(metrics["dsc_mean"])
+    table = pd.read_csv(stage_root / "metrics/per_patient.csv")
+    assert set(table["split"]) == {"test", "val"}
+    predictions = sorted((stage_root / "predictions").glob("*_pred.nii.gz"))
+    assert len(predictions) == len(table)
+    volume, _ = nifti.read_volume(predictions[0])
+    assert volume.shape == (6, 32, 32)  # the raw geometry: 6 slices of 32x32
+    assert 1 <= len(list((stage_root / "overlays").glob("*.png"))) <= 2
 
 
 def run_train(params: Path, api: str, cwd: Path) -> subprocess.Popen:

@@ -202,9 +202,14 @@ class TrainConfig(_Section):
 
 
 class EvaluateConfig(_Section):
+    """Scoring on the test split (and val) at the original geometry, pictures and NIfTI predictions."""
+
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    tta: bool = False
+    tta: bool = False  # average with the horizontally flipped prediction
     out_dir: Path = Path("metrics")
+    predictions_dir: Path = Path("data/predictions")
+    overlays_dir: Path = Path("reports/overlays")
+    overlay_patients: NonNegativeInt = 3  # the best, median and worst test patients by DSC
 
 
 class RegistryConfig(_Section):
