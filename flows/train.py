@@ -26,8 +26,8 @@ from unet.model import build_model
 from unet.prepare import read_manifest
 from unet.train import CHECKPOINT, check_resumable, fit, seed_everything, select_device, write_history
 
-HISTORY = "history.csv"
-METRICS = "train_metrics.json"
+HISTORY = "train_history.csv"
+METRICS = "train.json"
 
 
 def build(config: PipelineConfig, device: torch.device) -> torch.nn.Module:
@@ -69,7 +69,7 @@ def train(config: PipelineConfig, on_epoch=None) -> dict:
 
     def report(epoch: int, metrics: dict) -> None:
         history.append({"epoch": epoch, **metrics})
-        write_history(history, cfg.out_dir / HISTORY)
+        write_history(history, cfg.metrics_dir / HISTORY)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
 
@@ -82,7 +82,7 @@ def train(config: PipelineConfig, on_epoch=None) -> dict:
                "device": device.type, "world_size": world,
                "images_per_s": sum(h["images_per_s"] for h in state["history"]) / len(state["history"])}
     if rank == 0:
-        with atomic_file(cfg.out_dir / METRICS, "w") as handle:
+        with atomic_file(cfg.metrics_dir / METRICS, "w") as handle:
             json.dump(summary, handle, indent=2)
     distributed.teardown()
     return summary

@@ -35,7 +35,7 @@ def params_for(root: Path, **train) -> dict:
         "augment": {"copies": 1, "out_dir": str(root / "augmented"), "preview": str(root / "grid.png")},
         "model": {"variant": "reference", "features": 4, "depth": 2},
         "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "device": "cpu", "lr": 1e-3,
-                  "out_dir": str(root / "models"), **train},
+                  "out_dir": str(root / "models"), "metrics_dir": str(root / "metrics"), **train},
         "evaluate": {"out_dir": str(root / "metrics"), "predictions_dir": str(root / "predictions"),
                      "overlays_dir": str(root / "overlays"), "overlay_patients": 2},
     }
@@ -61,9 +61,9 @@ def test_train_flow_writes_checkpoints_curves_and_metrics(stage_root):
     summary = train.run(parse_config(params_for(stage_root)))
     models = stage_root / "models"
     assert summary["epochs"] == 2 and summary["device"] == "cpu" and 0 <= summary["best_val_dsc"] <= 1
-    history = pd.read_csv(models / "history.csv")
+    history = pd.read_csv(stage_root / "metrics/train_history.csv")
     assert list(history["epoch"]) == [1, 2] and {"loss", "val_dsc", "images_per_s"} <= set(history.columns)
-    assert json.loads((models / "train_metrics.json").read_text())["best_epoch"] == summary["best_epoch"]
+    assert json.loads((stage_root / "metrics/train.json").read_text())["best_epoch"] == summary["best_epoch"]
     checkpoint = load_checkpoint(models / "checkpoint.pt")
     assert checkpoint["train_config"]["lr"] == 1e-3 and checkpoint["model_config"]["depth"] == 2
     assert model_from_checkpoint(models / "best.pt").config["features"] == 4
@@ -97,7 +97,7 @@ def run_train(params: Path, api: str, cwd: Path) -> subprocess.Popen:
 
 def test_a_killed_run_resumes_after_its_last_checkpoint(stage_root, prefect_api, tmp_path):
     out = tmp_path / "models"
-    params = params_for(stage_root, epochs=200, out_dir=str(out))
+    params = params_for(stage_root, epochs=200, out_dir=str(out), metrics_dir=str(tmp_path / "metrics"))
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     process = run_train(path, prefect_api, REPO)
@@ -117,7 +117,7 @@ def test_a_killed_run_resumes_after_its_last_checkpoint(stage_root, prefect_api,
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert f"resuming after epoch {done}" in output
-    history = pd.read_csv(out / "history.csv")
+    history = pd.read_csv(tmp_path / "metrics/train_history.csv")
     assert list(history["epoch"]) == list(range(1, done + 3))
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == done + 2
 
@@ -125,7 +125,7 @@ def test_a_killed_run_resumes_after_its_last_checkpoint(stage_root, prefect_api,
 def test_resume_with_another_recipe_is_refused(stage_root, prefect_api, tmp_path):
     from flows import train
 
-    params = params_for(stage_root, epochs=1, out_dir=str(tmp_path / "models"))
+    params = params_for(stage_root, epochs=1, out_dir=str(tmp_path / "models"), metrics_dir=str(tmp_path / "m"))
     train.run(parse_config(params))
     params["train"].update(resume=True, epochs=2, lr=0.5)
     with pytest.raises(ValueError, match="train.lr"):

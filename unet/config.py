@@ -192,7 +192,8 @@ class TrainConfig(_Section):
     workers: NonNegativeInt = 0  # DataLoader workers on the CPU path
     resume: bool = False  # continue from out_dir/checkpoint.pt if its config matches
     seed: int = 0
-    out_dir: Path = Path("models")
+    out_dir: Path = Path("models")  # checkpoint.pt, best.pt (DVC-cached)
+    metrics_dir: Path = Path("metrics")  # train.json, train_history.csv (kept in git)
 
     @model_validator(mode="after")
     def _loss(self) -> TrainConfig:
