@@ -1,0 +1,226 @@
+"""``lgg-predict``: segment one new patient's scan with a trained checkpoint.
+
+    lgg-predict --model models/best.pt --input PATIENT_FOLDER --output predictions/PATIENT
+    python -m unet.predict --model models/best.pt --input pre.nii.gz flair.nii.gz post.nii.gz --output out
+
+The scan goes through ``unet.inference.Segmenter`` (the checkpoint's own preprocessing, the
+network, the way back to the input's grid, threshold and largest 3-D component). DIR receives
+``mask.nii.gz``, ``overlays/slice_<n>.png`` and ``summary.json``, all written in a staging folder
+beside DIR and moved in at the end, so a failed run leaves DIR as it was. Bad input exits with
+status 2 and one line naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unet.inference import Segmenter
+from unet.predict_io import Scan, overlay_slices, read_scan, write_mask, write_overlay
+
+log = logging.getLogger(__name__)
+
+MASK_NAME = "mask.nii.gz"
+SUMMARY_NAME = "summary.json"
+OVERLAY_DIR = "overlays"
+N_OVERLAYS = 6
+SINGLE_SLICE_WARNING = (
+    "%s is a single slice: the preprocessing crops, clips and z-scores over the whole volume, so one "
+    "slice is normalised on itself and the result is less reliable than on a whole volume; give the "
+    "patient's folder or NIfTI volume when you have it"
+)
+
+
+@dataclass
+class PredictOptions:
+    model: Path
+    inputs: list[Path]
+    output: Path
+    device: str = "auto"
+    tta: bool = False
+    threshold: float | None = None  # None: the checkpoint's own
+    largest_component: bool = True
+    all_overlays: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device {name}: choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device auto or --device cpu")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def load_segmenter(options: PredictOptions) -> Segmenter:
+    """The checkpoint as a Segmenter; every way a file can fail to be one is a ValueError naming it."""
+    try:
+        return Segmenter.from_checkpoint(options.model, device=resolve_device(options.device), tta=options.tta,
+                                         threshold=options.threshold)
+    except (RuntimeError, KeyError, TypeError) as exc:  # weights that do not fit the config, odd metadata
+        raise ValueError(f"{options.model}: the checkpoint does not rebuild an lgg-unet model "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def predict(options: PredictOptions) -> dict[str, Any]:
+    """Read, segment and write one scan; returns the summary that ``summary.json`` holds."""
+    started = time.perf_counter()
+    scan = read_scan(options.inputs)
+    warnings = []
+    if scan.images.shape[0] == 1:
+        log.warning(SINGLE_SLICE_WARNING, scan.sources[0])
+        warnings.append(SINGLE_SLICE_WARNING % scan.sources[0])
+    segmenter = load_segmenter(options)
+    read_s = time.perf_counter() - started
+    mask = segmenter.segment(scan.images, largest_component=options.largest_component)
+    segment_s = time.perf_counter() - started - read_s
+    shown = range(len(mask)) if options.all_overlays else overlay_slices(mask, N_OVERLAYS)
+    overlays = {f"{OVERLAY_DIR}/slice_{scan.slice_numbers[k]:03d}.png": k for k in shown}
+    summary = summarise(scan, mask, segmenter, options, list(overlays), warnings)
+    write_outputs(options.output, scan, mask, summary, overlays)
+    log.info("read %.2f s, segment %.2f s, write %.2f s", read_s, segment_s,
+             time.perf_counter() - started - read_s - segment_s)
+    return summary
+
+
+def summarise(scan: Scan, mask: np.ndarray, segmenter: Segmenter, options: PredictOptions,
+              overlays: list[str], warnings: list[str]) -> dict[str, Any]:
+    per_slice = mask.reshape(len(mask), -1).sum(axis=1)
+    voxels = int(per_slice.sum())
+    return {
+        "input": [str(p) for p in scan.sources],
+        "input_kind": scan.kind,
+        "model": {"path": str(Path(options.model).resolve()), "sha256": _sha256(Path(options.model)),
+                  "config": getattr(segmenter.model, "config", None), "image_size": segmenter.image_size},
+        "device": str(segmenter.device),
+        "tta": segmenter.tta,
+        "threshold": segmenter.threshold,
+        "largest_component": options.largest_component,
+        "shape": [int(mask.shape[1]), int(mask.shape[2]), int(mask.shape[0])],  # NIfTI (H, W, S)
+        "spacing_mm": list(scan.spacing) if scan.has_geometry else None,
+        "slices": int(len(mask)),
+        "tumour_slices": int((per_slice > 0).sum()),
+        "tumour_slice_numbers": [scan.slice_numbers[k] for k in np.flatnonzero(per_slice)],
+        "tumour_voxels": voxels,
+        "tumour_volume_ml": voxels * float(np.prod(scan.spacing)) / 1000 if scan.has_geometry else None,
+        "intensities_scaled": scan.scaled,
+        "warnings": warnings,
+        "mask": MASK_NAME,
+        "overlays": overlays,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_outputs(output: Path, scan: Scan, mask: np.ndarray, summary: dict[str, Any],
+                  overlays: dict[str, int]) -> None:
+    """Write everything into a staging folder beside ``output``, then move it in (summary last)."""
+    output = Path(output).resolve()
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: --output exists and is not a folder; name a folder")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()  # the user's umask applies, unlike tempfile.mkdtemp's 0700
+    try:
+        (staging / OVERLAY_DIR).mkdir()
+        write_mask(staging / MASK_NAME, mask, scan, description=f"lgg-unet prediction, {scan.kind} input")
+        for name, k in overlays.items():
+            write_overlay(staging / name, scan.images[k], mask[k])
+        (staging / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+        if not output.exists():
+            os.replace(staging, output)
+            return
+        if (output / OVERLAY_DIR).exists():
+            shutil.rmtree(output / OVERLAY_DIR)
+        for name in (OVERLAY_DIR, MASK_NAME, SUMMARY_NAME):
+            os.replace(staging / name, output / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def one_line(summary: dict[str, Any], output: Path) -> str:
+    volume = f" ({summary['tumour_volume_ml']:.2f} mL)" if summary["tumour_volume_ml"] is not None else ""
+    return (f"{Path(summary['input'][0]).name}: tumour in {summary['tumour_slices']} of {summary['slices']} "
+            f"slices, {summary['tumour_voxels']} voxels{volume}; wrote {MASK_NAME}, "
+            f"{len(summary['overlays'])} overlays and {SUMMARY_NAME} to {output}")
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: the threshold must lie strictly between 0 and 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lgg-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Segment lower-grade-glioma FLAIR abnormality in one patient's brain MRI.",
+        epilog=f"writes to DIR: {MASK_NAME} (0/1 mask on the input's grid), {OVERLAY_DIR}/slice_<n>.png "
+               f"(FLAIR with the\npredicted outline in red) and {SUMMARY_NAME} (tumour voxels, mL when the "
+               "NIfTI has a real spacing,\nslices with tumour, input kind, model); prints a one-line "
+               "summary. Exit status 2 on bad input.")
+    parser.add_argument("--model", type=Path, required=True, metavar="PATH",
+                        help="a checkpoint written by the train stage (e.g. models/best.pt)")
+    parser.add_argument(
+        "--input", type=Path, nargs="+", required=True, metavar="PATH", dest="inputs",
+        help="a patient folder in the Kaggle layout (<patient>_<n>.tif RGB slices, read in integer order "
+             "of <n>; masks ignored), a 4-D NIfTI (height x width x slices x 3: pre-contrast, FLAIR, "
+             "post-contrast), three 3-D NIfTI files in that order (--input pre.nii.gz flair.nii.gz "
+             "post.nii.gz), or one RGB .tif/.png slice (less reliable: the normalisation needs the whole "
+             "volume). uint8 intensities are used as they are; any other numeric type is scaled to 0..255, "
+             "each sequence over the whole volume from its minimum to its maximum")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR",
+                        help="folder for the results; created if missing, earlier results in it are replaced")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the network runs: auto picks CUDA when torch sees a GPU (default: auto)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average with the prediction of the horizontally flipped slices (twice the time)")
+    parser.add_argument("--threshold", type=_threshold, default=None, metavar="P",
+                        help="a voxel is tumour when its probability exceeds P, in (0, 1) "
+                             "(default: the checkpoint's, 0.5 for the reference recipe)")
+    parser.add_argument("--no-largest-component", dest="largest_component", action="store_false",
+                        help="keep every predicted region, not only the largest 3-D connected one")
+    parser.add_argument("--all-overlays", action="store_true",
+                        help=f"one overlay a slice, not only the {N_OVERLAYS} slices with the most tumour")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and stage timings")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) and usage errors (2) as a return value, like every other outcome
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    options = PredictOptions(args.model, args.inputs, args.output, args.device, args.tta, args.threshold,
+                             args.largest_component, args.all_overlays)
+    try:
+        summary = predict(options)
+    except (ValueError, OSError) as exc:
+        print(f"lgg-predict: error: {exc}", file=sys.stderr)
+        return 2
+    print(one_line(summary, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""What ``lgg-predict`` reads and writes: one patient's scan in, a mask and pictures out.
+
+Inputs become one ``Scan``: (S, H, W, 3) uint8 slices (pre-contrast, FLAIR, post-contrast), the
+way the Kaggle TIFFs hold them, with the geometry to write the mask back on the input's grid:
+
+* a patient folder in the Kaggle layout (``<patient>_<n>.tif``, slices in integer order of
+  ``<n>``, ``*_mask.tif`` and other files ignored): identity affine, as ``unet.nifti`` writes;
+* one 4-D NIfTI (H, W, slices, 3), or three 3-D NIfTI files (pre, FLAIR, post) on one grid: the
+  mask keeps the input's affine and header (FLAIR's, for three files);
+* one RGB TIFF or PNG slice: a one-slice volume.
+
+Intensities that are not uint8 are scaled to 0..255, each sequence over the whole volume from its
+minimum to its maximum (``Scan.scaled`` says so). Every fault raises ``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import tifffile
+from PIL import Image
+from scipy import ndimage
+
+from unet.nifti import IDENTITY, nifti_to_stack, stack_to_nifti, write_volume
+
+FLAIR = 1
+SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)\.tiff?$", re.IGNORECASE)
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+OVERLAY_MIN_SIDE = 256  # small slices are enlarged (nearest) so that the outline stays thin
+RED = (255, 0, 0)
+
+
+@dataclass
+class Scan:
+    """One patient's slices and where they came from."""
+
+    images: np.ndarray  # (S, H, W, 3) uint8
+    kind: str  # kaggle-folder | nifti | nifti-channels | slice
+    sources: list[Path]
+    slice_numbers: list[int]  # as the files number them (Kaggle <n>), else 1..S
+    affine: np.ndarray = field(default_factory=lambda: IDENTITY.copy())
+    header: nib.Nifti1Header | None = None  # the NIfTI input's header, kept for the mask
+    scaled: bool = False  # intensities were not uint8 and were scaled to 0..255
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along (row, column, slice), NIfTI order; 1 mm when none is known."""
+        if self.header is None:
+            return (1.0, 1.0, 1.0)
+        return tuple(float(z) for z in self.header.get_zooms()[:3])  # type: ignore[return-value]
+
+    @property
+    def has_geometry(self) -> bool:
+        """Whether the input carries real geometry, not the identity default (so mL mean something)."""
+        return self.header is not None and not (
+            np.allclose(self.affine, IDENTITY) and np.allclose(self.spacing, 1.0))
+
+
+def read_scan(paths: list[Path]) -> Scan:
+    """Dispatch on what was given: a folder, one or three NIfTI files, or one slice image."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if not path.exists():
+            raise ValueError(f"{path}: input not found")
+    if len(paths) == 3:
+        if not all(_is_nifti(p) for p in paths):
+            raise ValueError(f"{' '.join(map(str, paths))}: three inputs must be three 3-D NIfTI files "
+                             "(pre-contrast, FLAIR, post-contrast, in that order)")
+        return read_nifti_channels(paths)
+    if len(paths) != 1:
+        raise ValueError(f"{' '.join(map(str, paths))}: give one input (a patient folder, a 4-D NIfTI or a "
+                         f"slice image) or three single-channel NIfTI files, not {len(paths)}")
+    path = paths[0]
+    if path.is_dir():
+        return read_kaggle_folder(path)
+    if _is_nifti(path):
+        return read_nifti(path)
+    if path.name.lower().endswith(SLICE_SUFFIXES):
+        return read_slice(path)
+    raise ValueError(f"{path}: unknown input type; give a patient folder of <patient>_<n>.tif slices, "
+                     "a .nii/.nii.gz volume, or one .tif/.png slice")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_kaggle_folder(folder: Path) -> Scan:
+    """``<patient>_<n>.tif`` slices in integer order of ``<n>``; masks and other files ignored."""
+    found: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()):
+        match = SLICE_RE.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        n = int(match["n"])
+        if n in found:
+            raise ValueError(f"{path}: slice number {n} appears twice (also {found[n].name}); keep one")
+        found[n] = path
+    if not found:
+        hint = ""
+        if any(sub.is_dir() and any(SLICE_RE.match(p.name) for p in sub.iterdir()) for sub in folder.iterdir()):
+            hint = " (it holds patient folders: point --input at one of them)"
+        raise ValueError(f"{folder}: no <patient>_<n>.tif slices found{hint}")
+    patients = {SLICE_RE.match(p.name)["patient"] for p in found.values()}  # type: ignore[index]
+    if len(patients) > 1:
+        raise ValueError(f"{folder}: slices of several patients ({', '.join(sorted(patients))}); "
+                         "a folder must hold one patient's slices")
+    numbers = sorted(found)
+    slices = [_rgb(_read_tiff(found[n]), found[n]) for n in numbers]
+    for n, image in zip(numbers, slices):
+        if image.shape != slices[0].shape:
+            raise ValueError(f"{found[n]}: slice is {image.shape[0]}x{image.shape[1]} but "
+                             f"{found[numbers[0]].name} is {slices[0].shape[0]}x{slices[0].shape[1]}; "
+                             "a volume needs one slice size")
+    images, scaled = _as_uint8(np.stack(slices), folder)
+    return Scan(images, "kaggle-folder", [folder], numbers, scaled=scaled)
+
+
+def read_slice(path: Path) -> Scan:
+    """One RGB TIFF or PNG slice as a one-slice volume."""
+    array = _read_tiff(path) if path.suffix.lower() in (".tif", ".tiff") else _read_png(path)
+    images, scaled = _as_uint8(_rgb(array, path)[None], path)
+    return Scan(images, "slice", [path], [1], scaled=scaled)
+
+
+def read_nifti(path: Path) -> Scan:
+    """A 4-D (H, W, slices, 3) NIfTI volume."""
+    image, data = _load_nifti(path)
+    if data.ndim != 4 or data.shape[-1] != 3:
+        hint = (" It holds one sequence: give three files, --input pre.nii.gz flair.nii.gz post.nii.gz "
+                "(the FLAIR file three times when only FLAIR exists)") if data.ndim == 3 else ""
+        raise ValueError(f"{path}: expected a 4-D (height, width, slices, 3) volume with pre-contrast, FLAIR "
+                         f"and post-contrast, got shape {data.shape}.{hint}")
+    stack, scaled = _as_uint8(nifti_to_stack(data), path)
+    return Scan(stack, "nifti", [path], list(range(1, stack.shape[0] + 1)), image.affine, image.header, scaled)
+
+
+def read_nifti_channels(paths: list[Path]) -> Scan:
+    """Three 3-D (H, W, slices) NIfTI files on one grid: pre-contrast, FLAIR, post-contrast."""
+    loaded = [_load_nifti(p) for p in paths]
+    for path, (_, data) in zip(paths, loaded):
+        if data.ndim != 3:
+            raise ValueError(f"{path}: expected a 3-D (height, width, slices) single-sequence volume, "
+                             f"got shape {data.shape}")
+        if data.shape != loaded[0][1].shape:
+            raise ValueError(f"{path}: shape {data.shape} differs from {paths[0]} {loaded[0][1].shape}; "
+                             "the three sequences must be co-registered on one grid")
+    for path, (image, _) in zip(paths, loaded):
+        if not np.allclose(image.affine, loaded[FLAIR][0].affine, atol=1e-3):
+            raise ValueError(f"{path}: affine differs from {paths[FLAIR]}'s; "
+                             "the three sequences must be co-registered on one grid")
+    channels = [_as_uint8(nifti_to_stack(data)[..., None], path) for path, (_, data) in zip(paths, loaded)]
+    stack = np.concatenate([c for c, _ in channels], axis=-1)
+    flair = loaded[FLAIR][0]
+    return Scan(stack, "nifti-channels", paths, list(range(1, stack.shape[0] + 1)), flair.affine, flair.header,
+                any(s for _, s in channels))
+
+
+def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib.error ... for bad files
+        raise ValueError(f"{path}: unreadable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise ValueError(f"{path}: voxels are {data.dtype}; expected real numbers")
+    return image, data
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    try:
+        return tifffile.imread(path)
+    except Exception as exc:  # tifffile raises many types for truncated or foreign files
+        raise ValueError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from None
+
+
+def _read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError ...
+        raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def _rgb(array: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W, 3) from (H, W, 3), or (H, W, 4) with an opaque alpha channel dropped."""
+    if array.ndim == 3 and array.shape[-1] == 4 and (array[..., 3] == array[..., 3].max()).all():
+        array = array[..., :3]
+    if array.ndim != 3 or array.shape[-1] != 3 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{path}: expected an RGB slice (height, width, 3) holding pre-contrast, FLAIR and "
+                         f"post-contrast, got {array.dtype} {array.shape}")
+    return array
+
+
+def _as_uint8(stack: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
+    if stack.dtype == np.uint8:
+        return np.ascontiguousarray(stack), False
+    if not np.isfinite(stack).all():
+        raise ValueError(f"{path}: {int((~np.isfinite(stack)).sum())} voxels are NaN or infinite; "
+                         "replace them (e.g. with 0) first")
+    return scale_to_uint8(stack), True
+
+
+def scale_to_uint8(stack: np.ndarray) -> np.ndarray:
+    """(S, H, W, C) of any real type -> uint8, each channel from its volume minimum (0) to maximum (255)."""
+    values = stack.astype(np.float64)
+    low = values.min(axis=(0, 1, 2), keepdims=True)
+    span = values.max(axis=(0, 1, 2), keepdims=True) - low
+    scaled = (values - low) / np.where(span > 0, span, 1.0) * 255.0
+    return np.rint(scaled).astype(np.uint8)
+
+
+def write_mask(path: Path, mask: np.ndarray, scan: Scan, *, description: str) -> Path:
+    """(S, H, W) 0/1 mask as NIfTI (H, W, S) uint8 on the input's grid (affine and spacing kept)."""
+    if scan.header is None:
+        return write_volume(path, mask.astype(np.uint8), description=description)
+    header = scan.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("none")
+    header["descrip"] = description[:79]
+    header["cal_min"], header["cal_max"] = 0.0, 1.0
+    volume = np.ascontiguousarray(stack_to_nifti(mask.astype(np.uint8)))
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    nib.save(image_class(volume, scan.affine, header), str(path))
+    return path
+
+
+def overlay_slices(mask: np.ndarray, count: int) -> list[int]:
+    """Indices of the ``count`` slices with the most tumour, in slice order; the middle one if none."""
+    area = mask.reshape(len(mask), -1).sum(axis=1, dtype=np.int64)  # signed: -area must not wrap
+    ranked = [int(k) for k in np.argsort(-area, kind="stable")[:count] if area[k] > 0]
+    return sorted(ranked) or [len(mask) // 2]
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """FLAIR (H, W, 3 uint8) in grey with the mask's outline in red; small slices enlarged."""
+    factor = max(1, -(-OVERLAY_MIN_SIDE // max(mask.shape)))
+    flair = np.kron(image[..., FLAIR], np.ones((factor, factor), np.uint8))
+    region = np.kron(mask.astype(bool), np.ones((factor, factor), bool))
+    outline = region & ~ndimage.binary_erosion(region, border_value=0)
+    rgb = np.repeat(flair[..., None], 3, axis=-1)
+    rgb[outline] = RED
+    return rgb
+
+
+def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
+    Image.fromarray(overlay_image(image, mask)).save(path, compress_level=1)
+    return path
