@@ -50,6 +50,7 @@ class PhantomSpec:
     tumour_axes: tuple[float, float, float]  # head-coord half-axes x, y, and slices
     tumour_lumps: float  # boundary radius varies by +- this fraction
     tumour_intensity: tuple[float, float, float]  # pre, FLAIR, post
+    satellites: tuple[tuple[float, ...], ...]  # small lesions beside the tumour: x, y, z, rx, ry, rz
     missing_channel: int | None  # PRE or POST filled with FLAIR, or None
     gains: tuple[float, float, float]
     bias: tuple[float, float, float, float, float, float]  # u, v, u^2, v^2, uv, z coefficients
@@ -94,7 +95,26 @@ def draw_spec(rng: np.random.Generator, n_slices: int) -> PhantomSpec:
         bias=(*rng.normal(0.0, 0.08, 5).tolist(), float(rng.normal(0.0, 0.06))),
         noise_sigma=u(0.008, 0.014),
         texture_seed=int(rng.integers(2**31)),
+        satellites=_satellites(rng, (distance * math.cos(direction), distance * math.sin(direction),
+                                     (z_rel + 1) / 2 * n_slices - 0.5), axes, small),
     )
+
+
+def _satellites(rng: np.random.Generator, centre: tuple[float, float, float], axes: tuple[float, float, float],
+                small: bool) -> tuple[tuple[float, ...], ...]:
+    """Up to two small lesions a little apart from the main tumour (drawn last, so the rest of a
+    patient's draw is unchanged): slices with two or more objects, where the weight maps' border
+    term lives, as in the real set."""
+    count = 0 if small else int(rng.choice([0, 0, 1, 2]))
+    lesions = []
+    for _ in range(count):
+        angle = rng.uniform(0, 2 * math.pi)
+        gap = rng.uniform(1.3, 1.8) * max(axes[0], axes[1])
+        radius = rng.uniform(0.25, 0.45) * min(axes[0], axes[1])
+        lesions.append((centre[0] + gap * math.cos(angle), centre[1] + gap * math.sin(angle),
+                        centre[2] + rng.uniform(-0.3, 0.3) * axes[2], radius, radius,
+                        rng.uniform(0.4, 0.7) * axes[2]))
+    return tuple(lesions)
 
 
 def _spline_weights(n: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,6 +221,10 @@ def _tumour(spec: PhantomSpec, geo: _Geometry, rng: np.random.Generator) -> list
         radius = np.sqrt(in_plane + ((k - tz) / rz) ** 2)
         boundary = 1 + spec.tumour_lumps * np.clip(lumps.slice(k), -1.0, 1.0)
         inside = _ramp(boundary - radius, edge)
+        for sx, sy, sz, srx, sry, srz in spec.satellites:
+            srx, sry = max(srx, MIN_TUMOUR_PX / geo.px), max(sry, MIN_TUMOUR_PX / geo.px)
+            satellite = np.sqrt(((geo.hx - sx) / srx) ** 2 + ((geo.hy - sy) / sry) ** 2 + ((k - sz) / max(srz, 0.5)) ** 2)
+            inside = np.maximum(inside, _ramp(1 - satellite, 1.5 / (geo.px * min(srx, sry))))
         inside *= _ramp(BRAIN_R - geo.rho / geo.scale[k], 0.02)  # tumour stays in the brain
         occupancy[k] = inside if (inside >= 0.5).any() else None
     areas = [0 if t is None else int((t >= 0.5).sum()) for t in occupancy]
