@@ -68,7 +68,7 @@ def main() -> None:
     try:
         print(f"set-up (not the precompute), in {work}:")
         raw, _ = timed("synthetic LGG-size set (256 px TIFFs)", lambda: write_synthetic_dataset(
-            work / "raw/kaggle_3m", n_patients=args.patients, min_slices=20, max_slices=51, seed=0))
+            work / "raw/kaggle_3m", n_patients=args.patients, min_slices=20, max_slices=88, seed=0))
         config = PrepareConfig(image_size=256, out_dir=work / "prepared", nifti=False,
                                split=SplitConfig(val_fraction=0.15, test_fraction=0.15))
         with ThreadPoolExecutor(args.workers) as pool:
