@@ -80,6 +80,7 @@ def train(config: PipelineConfig, on_epoch=None) -> dict:
     summary = {"best_val_dsc": state["best_score"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
                "train_rows": len(train_arrays), "val_volumes": state["history"][-1]["val_volumes"],
                "device": device.type, "world_size": world,
+               # per process; all processes together train world_size times as many
                "images_per_s": sum(h["images_per_s"] for h in state["history"]) / len(state["history"])}
     if rank == 0:
         with atomic_file(cfg.metrics_dir / METRICS, "w") as handle:
