@@ -14,6 +14,7 @@ from prefect import flow, unmapped
 
 from flows.common import stage_main, task_runner
 from tasks import precompute as precompute_tasks
+from tasks.reports import augment_report, publish
 from unet.atomic import atomic_dir
 from unet.augment import bytes_per_slice_copy
 from unet.config import PipelineConfig
@@ -85,6 +86,7 @@ def augment_flow(config: PipelineConfig) -> dict:
     print(f"elastic copies: {params.copies} of {summary['train_slices']} slices, "
           f"{summary['bytes'] / 1e6:.1f} MB; an LGG-size set takes "
           f"{summary['lgg_bytes_per_copy'] / 1e9:.2f} GB per copy at {size} px")
+    publish("lgg-augment", augment_report(summary, size), description="elastic copies and the disk they take")
     return summary
 
 

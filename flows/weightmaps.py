@@ -10,6 +10,7 @@ from prefect import flow, unmapped
 
 from flows.common import stage_main, task_runner
 from tasks import precompute as precompute_tasks
+from tasks.reports import publish, weightmaps_report
 from unet.atomic import atomic_dir
 from unet.config import PipelineConfig
 from unet.precompute import class_weights, scale_px
@@ -41,6 +42,7 @@ def weightmaps_flow(config: PipelineConfig) -> dict:
         }
         (staging / "weightmaps.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"weight maps: {summary['slices']} slices, class weights {weights}, sigma {sigma:.2f} px")
+    publish("lgg-weightmaps", weightmaps_report(summary), description="class weights and weight-map figures")
     return summary
 
 

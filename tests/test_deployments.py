@@ -1,0 +1,253 @@
+"""The pipeline flow and its deployments: overrides checked before DVC starts, and one real run.
+
+The real run goes the way a user's does: ``python -m flows.deploy`` serves the deployments
+against the session's Prefect test server, a flow run is created through the client (what the
+UI's "Run" button does), the runner runs ``dvc exp run`` in a tiny temporary repository, and
+afterwards DVC is clean and the stages' artifacts are on the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import pipeline
+from flows.deploy import DEPLOYMENTS, deployments
+from tasks.reports import prepare_report, publish, table
+from unet.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ["flows", "tasks", "unet", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots"]
+TINY = {
+    "data": {"synthetic": {"n_patients": 5, "min_slices": 4, "max_slices": 5, "image_size": 32}},
+    "prepare": {"image_size": 32, "workers": 1, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
+}
+PARAMS = REPO / "params.yaml"
+
+
+# -- overrides: checked against the typed config before anything runs -------------------------
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.epochs": "-3"}, "train.epochs: -3: Input should be greater than 0"),
+    ({"data.source": "s3"}, "data.source: 's3' is not allowed; use one of 'synthetic'"),
+    ({"train.epoch": "3"}, "train.epoch: unknown key; train has epochs,"),
+    ({"trian.epochs": "3"}, "params.yaml has no section 'trian'; sections: data, prepare"),
+    ({"train.lr": "1e-4,1e-3"}, "a sweep of several values; give one value"),
+    ({"train.lr": "[1"}, "DVC cannot parse the value"),
+    ({"epochs": "3"}, "not a dotted params key; write section.key"),
+    ({"prepare.image_size": "40"}, "prepare.image_size 40 cannot be halved"),
+])
+def test_a_bad_override_names_key_value_and_fix(overrides, message):
+    with pytest.raises(ConfigError, match="with the run's overrides") as error:
+        pipeline.validate_overrides(PARAMS, overrides)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("overrides, key, expected", [
+    ({"train.lr": "1e-4"}, ("train", "lr"), 1e-4),              # Hydra reads 1e-4 as a float (YAML would not)
+    ({"train.augment.scale": "0.1"}, ("train", "augment"), 0.1),
+    ({"prepare.clip_percentiles": "[5,95]"}, ("prepare", "clip_percentiles"), (5.0, 95.0)),
+    ({"train.scheduler": "cosine"}, ("train", "scheduler"), "cosine"),
+])
+def test_good_overrides_reach_the_typed_config(overrides, key, expected):
+    config = pipeline.validate_overrides(PARAMS, overrides)
+    value = getattr(getattr(config, key[0]), key[1])
+    assert (value.scale if key[1] == "augment" else value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("typed, overrides, expected", [
+    ({"epochs": 3, "lr": None}, None, {"train.epochs": "3"}),
+    ({"lr": 1e-5, "data_source": "kaggle"}, {"train.seed": "1"},
+     {"train.seed": "1", "train.lr": "1e-05", "data.source": "kaggle"}),
+    ({"epochs": 3}, {"train.epochs": "3"}, {"train.epochs": "3"}),
+])
+def test_typed_parameters_become_params_keys(typed, overrides, expected):
+    assert pipeline.collect_overrides(typed, overrides) == expected
+
+
+def test_a_typed_parameter_and_an_override_that_disagree_are_refused():
+    with pytest.raises(ConfigError, match="epochs=3 and overrides train.epochs=4 disagree"):
+        pipeline.collect_overrides({"epochs": 3}, {"train.epochs": "4"})
+
+
+@pytest.mark.parametrize("mode, overrides, targets, name, force, expected", [
+    ("experiment", {}, [], None, False, ["exp", "run"]),
+    ("experiment", {"train.epochs": "3", "data.path": "/a b.zip"}, ["augment"], "short", True,
+     ["exp", "run", "--name", "short", "--force", "-S", "train.epochs=3", "-S", "data.path=/a b.zip", "augment"]),
+    ("repro", {"train.epochs": "3"}, ["train"], None, False, ["repro", "train"]),
+])
+def test_the_dvc_command(mode, overrides, targets, name, force, expected):
+    command = pipeline.build_command(mode, overrides, targets, name, force)
+    assert command[:3] == [sys.executable, "-m", "dvc"] and command[3:] == expected
+
+
+def test_unknown_stages_and_modes_are_refused():
+    with pytest.raises(ConfigError, match="no stage 'trian'; stages: download, prepare"):
+        pipeline.check_targets(REPO / "dvc.yaml", ["trian"])
+    with pytest.raises(ConfigError, match="'repro' records no experiment"):
+        pipeline.build_command("repro", {}, [], "name")
+
+
+def test_run_dvc_streams_lines_and_reads_what_ran(tmp_path):
+    script = "print('Running stage \\'prepare\\':'); print(\"Stage 'download' didn't change, skipping\"); exit(3)"
+    lines = []
+    result = pipeline.run_dvc([sys.executable, "-c", script], tmp_path, lines.append)
+    assert result.returncode == 3 and len(lines) == 2
+    assert (result.ran, result.reused, list(result.tail)) == (["prepare"], ["download"], lines)
+
+
+def test_a_bad_value_fails_the_flow_run_before_dvc_starts(prefect_api, monkeypatch):
+    started = []
+    monkeypatch.setattr(pipeline, "run_dvc", lambda *args: started.append(args))
+    state = pipeline.pipeline_flow(epochs=-3, overrides={"data.source": "s3"}, repo=str(REPO), return_state=True)
+    assert state.is_failed() and not started
+    with pytest.raises(ConfigError) as error:
+        state.result()
+    assert "train.epochs: -3" in str(error.value) and "data.source: 's3'" in str(error.value)
+
+
+# -- reports -----------------------------------------------------------------------------------
+
+def test_prepare_report_is_a_table_of_the_split():
+    summary = {"patients": 5, "slices": 20, "tumour_slice_fraction": 0.5, "image_size": 32,
+               "splits": {"val": {"patients": 1, "slices": 4, "tumour_slices": 2},
+                          "train": {"patients": 4, "slices": 16, "tumour_slices": 8}}}
+    text = prepare_report(summary)
+    assert "| train | 4 | 16 | 8 |\n| val | 1 | 4 | 2 |\n| **all** | 5 | 20 | 10 |" in text
+    assert table(["a", "b"], [("x|y", 0.123456)]) == "| a | b |\n| --- | ---: |\n| x\\|y | 0.1235 |"
+
+
+@pytest.mark.parametrize("key", ["LGG-train", "lgg_train", "lgg--train", "-lgg", ""])
+def test_artifact_keys_must_be_lowercase_dash(key):
+    with pytest.raises(ValueError, match="lowercase letters, digits and single dashes"):
+        publish(key, "# x")
+
+
+def test_the_deployments_and_their_defaults():
+    served = {d.name: d for d in deployments()}
+    assert set(served) == set(DEPLOYMENTS) == {"dvc-experiment", "train-only"}
+    assert served["train-only"].parameters == {"targets": ["train"]}
+    assert served["dvc-experiment"].entrypoint == "flows.pipeline.pipeline_flow"
+    with pytest.raises(ValueError, match="no deployment nope"):
+        deployments(["nope"])
+
+
+# -- one real deployment run -------------------------------------------------------------------
+
+def merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("deploy-repo")
+    for name in COPIED:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=lambda *_: ["__pycache__"])
+        else:
+            dst.write_bytes(src.read_bytes())
+    params = merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *args], cwd=root, check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runner(repo, prefect_api):
+    """``python -m flows.deploy`` in the repo, as ``make serve`` starts it, polling every second."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+           "PREFECT_LOGGING_LEVEL": "INFO",  # the session's WARNING would keep DVC's lines from the run's logs
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = repo.parent / "runner.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--only", "dvc-experiment"],
+                                   cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+    yield process, log
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_for(check, timeout: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (found := check()) is not None:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{what} after {timeout} s; runner log:\n{log.read_text()[-4000:]}")
+
+
+def dvc(repo: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId, \
+        LogFilterTextSearch
+    from prefect.exceptions import ObjectNotFound
+
+    process, log = runner
+    started = datetime.now(timezone.utc)
+
+    def deployment():
+        assert process.poll() is None, f"the runner exited:\n{log.read_text()[-4000:]}"
+        try:
+            return client.read_deployment_by_name("lgg-pipeline/dvc-experiment")
+        except ObjectNotFound:
+            return None
+
+    with get_client(sync_client=True) as client:
+        served = wait_for(deployment, 60, "no deployment lgg-pipeline/dvc-experiment", log)
+        flow_run = client.create_flow_run_from_deployment(served.id, parameters={
+            "image_size": 16, "overrides": {"augment.copies": "1"}, "targets": ["augment"],
+            "experiment_name": "from-the-ui"})
+        def finished():
+            run = client.read_flow_run(flow_run.id)
+            return run if run.state.is_final() else None
+
+        final = wait_for(finished, 240, "the flow run did not finish", log)
+        assert final.state.is_completed(), f"{final.state.message}\n{log.read_text()[-4000:]}"
+
+        def streamed():  # DVC's and the stages' lines, in this run's logs (the API takes them in batches)
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]),
+                                              text=LogFilterTextSearch(query='"Running stage"')))
+            return True if any("Running stage 'augment'" in entry.message for entry in logs) else None
+
+        wait_for(streamed, 20, "DVC's output is not in the run's logs", log)
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=["lgg-pipeline", "lgg-prepare", "lgg-weightmaps", "lgg-augment"])))
+
+    assert "up to date" in dvc(repo, "status", "augment")
+    assert "from-the-ui" in dvc(repo, "exp", "list", "--name-only")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert (params["prepare"]["image_size"], params["augment"]["copies"]) == (16, 1)
+
+    ours = {a.key: a.data for a in artifacts if a.created >= started}
+    assert set(ours) == {"lgg-pipeline", "lgg-prepare", "lgg-weightmaps", "lgg-augment"}
+    assert "| download | ran |" in ours["lgg-pipeline"] and "| augment | ran |" in ours["lgg-pipeline"]
+    assert "`dvc exp run --name from-the-ui -S augment.copies=1 -S prepare.image_size=16 augment`" \
+        in ours["lgg-pipeline"]
+    assert "# prepare: 5 patients" in ours["lgg-prepare"] and "at 16 px" in ours["lgg-prepare"]
+    assert "| class weight, tumour |" in ours["lgg-weightmaps"]
+    assert "# augment: 1 copies of" in ours["lgg-augment"]
