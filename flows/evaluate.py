@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import stage_main
+from tasks import tracking
 from unet import nifti
 from unet.atomic import atomic_dir, atomic_file
 from unet.checkpoint import model_from_checkpoint
@@ -59,6 +60,7 @@ def write_overlays(results: list[PatientResult], manifest, config: PipelineConfi
 def evaluate_flow(config: PipelineConfig) -> dict:
     logger = get_run_logger()
     ev = config.evaluate
+    run_id = tracking.train_record(config)["run_id"]  # the train stage's MLflow run: the scores go there too
     manifest = read_manifest(config.prepare.manifest_path)
     device = select_device(config.train.device)
     model = model_from_checkpoint(config.train.out_dir / BEST, map_location=device).to(device)
@@ -78,6 +80,8 @@ def evaluate_flow(config: PipelineConfig) -> dict:
     with atomic_file(ev.out_dir / "eval.json", "w") as handle:
         json.dump(json_safe(metrics), handle, indent=2)
     overlays = write_overlays(results[headline], manifest, config)
+    tracking.log_evaluation(run_id, metrics, [ev.out_dir / "eval.json", ev.out_dir / "per_patient.csv"],
+                            ev.overlays_dir)
     logger.info("%s: per-volume DSC mean %.4f, median %.4f over %d patients (no post-processing: %.4f); "
                 "global Dice %.4f, tumour-slice Dice %.4f; overlays: %s", headline, metrics["dsc_mean"],
                 metrics["dsc_median"], metrics["n_volumes"], metrics["dsc_no_postprocess_mean"],

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import stage_main
+from tasks import tracking
 from unet import distributed
 from unet.atomic import atomic_file
 from unet.checkpoint import load_checkpoint
@@ -91,14 +92,20 @@ def train(config: PipelineConfig, on_epoch=None) -> dict:
 
 @flow(name="train", log_prints=True)
 def train_flow(config: PipelineConfig) -> dict:
+    """The training inside one MLflow run: params, tags, dataset, per-epoch metrics, then the model."""
     logger = get_run_logger()
+    resume = config.train.resume and (config.train.out_dir / CHECKPOINT).exists()
+    with tracking.train_run(config, resume=resume) as run_id:
 
-    def on_epoch(epoch: int, metrics: dict) -> None:
-        logger.info("epoch %d/%d: loss %.4f, val DSC %.4f (median %.4f), %.1f img/s", epoch, config.train.epochs,
-                    metrics["loss"], metrics["val_dsc"], metrics["val_dsc_median"], metrics["images_per_s"])
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            logger.info("epoch %d/%d: loss %.4f, val DSC %.4f (median %.4f), %.1f img/s", epoch, config.train.epochs,
+                        metrics["loss"], metrics["val_dsc"], metrics["val_dsc_median"], metrics["images_per_s"])
+            tracking.log_epoch(run_id, epoch, metrics)
 
-    summary = train(config, on_epoch)
-    logger.info("best val DSC %.4f at epoch %d", summary["best_val_dsc"], summary["best_epoch"])
+        summary = train(config, on_epoch)
+        logger.info("best val DSC %.4f at epoch %d", summary["best_val_dsc"], summary["best_epoch"])
+        tracking.log_training_summary(run_id, config, summary)
+        logger.info("MLflow run %s, model %s", run_id, tracking.log_trained_model(run_id, config))
     return summary
 
 

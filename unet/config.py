@@ -214,12 +214,17 @@ class EvaluateConfig(_Section):
 
 
 class RegistryConfig(_Section):
+    """The register stage: the train run's model into the MLflow registry, champion if it scores better."""
+
     model_name: str = Field("lgg-unet", min_length=1)
+    out_dir: Path = Path("metrics")  # registry.json: version, aliases, decision, scores
 
 
 class MlflowConfig(_Section):
+    """Where runs are tracked: None is sqlite:///<repo>/mlflow.db; MLFLOW_TRACKING_URI overrides both."""
+
     tracking_uri: str | None = None
-    experiment: str = "lgg-unet"
+    experiment: str = Field("lgg-unet", min_length=1)
 
 
 class PipelineConfig(_Section):

@@ -1,0 +1,280 @@
+"""MLflow for real: a SQLite store in a temporary folder, the stages' flows on a tiny set, the registry,
+the champion loaded in a fresh process and served over HTTP.
+
+The tiny set is raw 32x32 slices: the pyfunc model takes any slice size (it resizes inside), so
+the (N, 256, 256, 3) -> (N, 256, 256) contract of the Kaggle data is checked here as
+(N, 32, 32, 3) -> (N, 32, 32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import make_raw_tree
+from flows.register import decide, run_score
+from tasks import tracking
+from unet.config import MlflowConfig, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "lgg-unet-test"
+
+
+def params_for(root: Path, metrics_dir: str = "metrics") -> dict:
+    return {
+        "data": {"raw_dir": str(root / "raw")},
+        "prepare": {"image_size": 32, "out_dir": str(root / "prepared"), "nifti": False,
+                    "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 1}},
+        "weightmap": {"out_dir": str(root / "weightmaps")},
+        "augment": {"copies": 1, "out_dir": str(root / "augmented"), "preview": str(root / "grid.png")},
+        "model": {"variant": "reference", "features": 4, "depth": 2},
+        "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "device": "cpu", "lr": 1e-3,
+                  "out_dir": str(root / "models"), "metrics_dir": str(root / metrics_dir)},
+        "evaluate": {"out_dir": str(root / "metrics"), "predictions_dir": str(root / "predictions"),
+                     "overlays_dir": str(root / "overlays"), "overlay_patients": 1},
+        "registry": {"model_name": MODEL, "out_dir": str(root / metrics_dir)},
+        "mlflow": {"experiment": "lgg-test"},
+    }
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, prefect_api):
+    """Raw tree -> prepare -> weightmaps -> augment -> train -> evaluate -> register, into a tmp store."""
+    from flows import augment, evaluate, prepare, register, train, weightmaps
+
+    root = tmp_path_factory.mktemp("tracked")
+    make_raw_tree(root / "raw/kaggle_3m", patients=6, slices=6, size=32)
+    config = parse_config(params_for(root))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+        for stage in (prepare, weightmaps, augment, train, evaluate):
+            stage.run(config)
+        register.run(config)
+        yield root, config
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+@pytest.mark.parametrize(("environ", "configured", "expected"), [
+    ({}, None, "sqlite:///{root}/mlflow.db"),
+    ({"DVC_ROOT": "/elsewhere"}, None, "sqlite:////elsewhere/mlflow.db"),  # dvc exp run --temp: the real repo
+    ({}, "sqlite:///runs/m.db", "sqlite:///{root}/runs/m.db"),  # relative: from the repo, not the CWD
+    ({}, "sqlite:////abs/m.db", "sqlite:////abs/m.db"),
+    ({}, "http://tracking:5000", "http://tracking:5000"),
+    ({"MLFLOW_TRACKING_URI": "http://env:5000"}, "http://tracking:5000", "http://env:5000"),
+])
+def test_tracking_uri_env_then_params_then_the_repo_sqlite(tmp_path, environ, configured, expected):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "flows").mkdir()
+    uri = tracking.tracking_uri(MlflowConfig(tracking_uri=configured), environ, cwd=tmp_path / "flows")
+    assert uri == expected.format(root=tmp_path.resolve())
+
+
+@pytest.mark.parametrize(("evaluation", "expected"), [
+    ({"split": "test", "tta": False, "dsc_mean": 0.9, "n_volumes": 3, "val": {"dsc_mean": 0.8}},
+     {"test_dsc_mean": 0.9, "test_n_volumes": 3.0, "val_dsc_mean": 0.8}),
+    ({"split": "val", "dsc_mean": 0.7, "hd95_mean": None}, {"val_dsc_mean": 0.7}),  # reference split: no test
+])
+def test_evaluation_metrics_are_prefixed_by_split(evaluation, expected):
+    assert tracking.evaluation_metrics(evaluation) == expected
+
+
+@pytest.mark.parametrize(("version", "score", "champion", "decision"), [
+    ("1", 0.5, None, "first"),
+    ("2", 0.9, ("1", 0.8), "promoted"),
+    ("2", 0.8, ("1", 0.8), "kept"),  # a tie keeps the champion
+    ("2", 0.7, ("1", 0.8), "kept"),
+    ("1", 0.8, ("1", 0.8), "unchanged"),
+])
+def test_decide_moves_champion_only_on_a_better_score(version, score, champion, decision):
+    assert decide(version, score, champion) == decision
+
+
+@pytest.mark.parametrize(("metrics", "expected"), [
+    ({"val_dsc_mean": 0.8, "best_val_dsc": 0.9}, ("val_dsc_mean", 0.8)),
+    ({"best_val_dsc": 0.9, "loss": 0.1}, ("best_val_dsc", 0.9)),
+])
+def test_run_score_prefers_evaluate_over_train(metrics, expected):
+    assert run_score(metrics) == expected
+
+
+def test_run_score_without_scores_says_what_to_run():
+    with pytest.raises(ValueError, match="dvc repro evaluate"):
+        run_score({"loss": 0.1})
+
+
+@pytest.mark.parametrize(("nfiles", "source"), [(2, "dvc.lock"), (3, "manifest.parquet")])
+def test_data_hash_from_dvc_lock_only_while_it_matches_the_folder(tmp_path, nfiles, source):
+    prepared = tmp_path / "data/prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "manifest.parquet").write_bytes(b"manifest")
+    (prepared / "summary.json").write_bytes(b"{}")
+    out = {"path": "data/prepared", "md5": "0123456789abcdef0123456789abcdef.dir", "size": 10, "nfiles": nfiles}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {"prepare": {"outs": [out]}}}))
+    digest, found = tracking.prepared_data_hash(prepared, tmp_path)
+    assert found == source
+    assert digest == (out["md5"] if source == "dvc.lock" else hashlib.md5(b"manifest").hexdigest())
+
+
+def test_train_and_evaluate_log_into_one_run(tracked):
+    root, config = tracked
+    record = json.loads((root / "metrics/mlflow_run.json").read_text())
+    runs = client().search_runs([record["experiment_id"]])
+    assert [r.info.run_id for r in runs] == [record["run_id"]]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["model.features"] == "4"
+    assert run.data.params["data.path"] == "null" and run.data.params["prepare.clip_percentiles"] == "[10.0, 99.0]"
+    manifest_md5 = hashlib.md5((root / "prepared/manifest.parquet").read_bytes()).hexdigest()
+    assert run.data.tags["data.digest"] == manifest_md5  # prepared outside DVC: the manifest's digest
+    assert run.data.tags["mlflow.source.git.commit"] == tracking.git_commit(REPO)
+    (dataset,) = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("lgg-prepared", manifest_md5)
+    assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
+    for name in ("loss", "val_dsc"):
+        assert [m.step for m in client().get_metric_history(run.info.run_id, name)] == [1, 2]
+    assert any(key.startswith("system/") for key in run.data.metrics)
+    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    assert run.data.metrics["test_dsc_mean"] == pytest.approx(evaluation["dsc_mean"])
+    assert run.data.metrics["val_dsc_mean"] == pytest.approx(evaluation["val"]["dsc_mean"])
+    artifacts = {a.path for folder in ("figures", "metrics", "evaluate", "evaluate/overlays")
+                 for a in client().list_artifacts(run.info.run_id, folder)}
+    assert {"figures/grid.png", "metrics/train_history.csv", "evaluate/eval.json",
+            "evaluate/per_patient.csv"} <= artifacts and any(p.startswith("evaluate/overlays/") for p in artifacts)
+    assert record["model_uri"] == f"models:/{record['model_id']}"
+    assert (root / "mlartifacts/lgg-test").is_dir()  # artifacts beside the store, not in the CWD
+
+
+def test_a_resumed_training_goes_on_in_its_own_run(tracked, tmp_path):
+    from flows import train
+
+    root, _ = tracked
+    params = params_for(root)
+    params["train"].update(epochs=1, out_dir=str(tmp_path / "models"), metrics_dir=str(tmp_path / "metrics"))
+    train.run(parse_config(params))
+    first = json.loads((tmp_path / "metrics/mlflow_run.json").read_text())["run_id"]
+    params["train"].update(epochs=2, resume=True)
+    train.run(parse_config(params))
+    record = json.loads((tmp_path / "metrics/mlflow_run.json").read_text())
+    assert record["run_id"] == first and "model_uri" in record
+    assert [m.step for m in client().get_metric_history(first, "val_dsc")] == [1, 2]
+    run = client().get_run(first)
+    assert run.data.params["train.epochs"] == "1" and run.data.tags["resume.train.epochs"] == "2"
+
+
+def fake_run(root: Path, config, name: str, score: float) -> object:
+    """Another finished run with the same model and a chosen validation DSC, as the register stage sees it."""
+    from tasks import mlflow_model
+
+    experiment = client().get_experiment_by_name(config.mlflow.experiment).experiment_id
+    run_id = client().create_run(experiment).info.run_id
+    tracking.log_metrics(run_id, {"val_dsc_mean": score})
+    slices = np.stack([np.zeros((32, 32, 3), np.uint8)] * 2)
+    info = mlflow_model.log_model(run_id, config.train.out_dir / "best.pt", slices)
+    metrics_dir = root / name
+    tracking.write_run_file(metrics_dir / tracking.RUN_FILE, {"run_id": run_id, "model_uri": info.model_uri})
+    return parse_config(params_for(root, metrics_dir=name))
+
+
+def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
+    from flows import register
+
+    root, config = tracked
+    first = json.loads((root / "metrics/registry.json").read_text())
+    assert (first["version"], first["decision"], first["aliases"]) == (1, "first", ["challenger", "champion"])
+    assert first["score_metric"] == "val_dsc_mean"
+    score = first["score"]
+    assert float(client().get_model_version(MODEL, "1").tags["val_dsc"]) == score
+
+    worse = register.run(fake_run(root, config, "worse", score - 0.1))
+    assert (worse["version"], worse["decision"], worse["aliases"]) == (2, "kept", ["challenger"])
+    assert worse["champion_version"] == 1 and worse["previous_champion_score"] == pytest.approx(score)
+
+    better_config = fake_run(root, config, "better", score + 0.1)
+    better = register.run(better_config)
+    assert (better["version"], better["decision"], better["aliases"]) == (3, "promoted", ["challenger", "champion"])
+    assert json.loads((root / "better/registry.json").read_text()) == better
+    again = register.run(better_config)  # the same run again: no new version
+    assert (again["version"], again["decision"]) == (3, "unchanged")
+    aliases = client().get_registered_model(MODEL).aliases
+    assert aliases == {"champion": 3, "challenger": 3}
+
+
+@pytest.fixture(scope="module")
+def patient(tracked):
+    """One raw patient volume (6, 32, 32, 3) uint8 and the mask the checkpoint gives it in-process."""
+    from unet.inference import Segmenter
+
+    root, config = tracked
+    manifest = pd.read_parquet(root / "prepared/manifest.parquet")
+    from unet.rawdata import read_image
+
+    rows = manifest[manifest["patient"] == manifest["patient"].iloc[0]].sort_values("index")
+    slices = np.stack([read_image(Path(p)) for p in rows["image_path"]])
+    return slices, Segmenter.from_checkpoint(root / "models/best.pt").segment(slices)
+
+
+def test_the_champion_segments_raw_slices_in_a_fresh_process(tracked, patient, tmp_path):
+    slices, expected = patient
+    np.save(tmp_path / "slices.npy", slices)
+    code = ("import sys, mlflow, numpy as np; model = mlflow.pyfunc.load_model(f'models:/{sys.argv[1]}@champion'); "
+            "np.save(sys.argv[3], model.predict(np.load(sys.argv[2])))")
+    subprocess.run([sys.executable, "-c", code, MODEL, tmp_path / "slices.npy", tmp_path / "mask.npy"],
+                   cwd=tmp_path, env=os.environ, check=True, timeout=120)
+    mask = np.load(tmp_path / "mask.npy")
+    assert mask.dtype == np.uint8 and mask.shape == slices.shape[:3] and set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(mask, expected)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_the_mask(tracked, patient, tmp_path):
+    slices, expected = patient
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion",
+               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # uvicorn
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "no /ping answer in 120 s:\n" + (tmp_path / "serve.log").read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.3)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": slices.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn it started, in their own session
+        server.wait(timeout=30)
+    np.testing.assert_array_equal(np.asarray(answer["predictions"], np.uint8), expected)
