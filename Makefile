@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean ui ui-stop serve
 
 install: $(STAMP)
 
@@ -32,3 +32,64 @@ demo: $(STAMP)
 
 clean:
 	rm -rf data models metrics mlruns mlflow.db
+
+# --- the UIs: a Prefect server and an MLflow server in the background (make ui-stop ends them) ---
+UI_DIR     := .ui
+PREFECT_PORT ?= 4200
+MLFLOW_PORT  ?= 5000
+PREFECT_UI := http://127.0.0.1:$(PREFECT_PORT)
+MLFLOW_UI  := http://127.0.0.1:$(MLFLOW_PORT)
+SETSID     := $(shell command -v setsid)
+ANSWERS     = $(BIN)/python -c "import urllib.request as r; r.urlopen('$(1)', timeout=2)" 2>/dev/null
+
+# ui_start NAME URL COMMAND: start it in its own process group (ui-stop ends its workers too), PID
+# and log under .ui/; unless it already runs, or another server already answers at URL
+define ui_start
+	@if [ -f $(UI_DIR)/$(1).pid ] && kill -0 $$(cat $(UI_DIR)/$(1).pid) 2>/dev/null; then \
+		echo "$(1): already running (pid $$(cat $(UI_DIR)/$(1).pid))"; \
+	elif $(call ANSWERS,$(2)); then \
+		rm -f $(UI_DIR)/$(1).pid; echo "$(1): a server already answers at $(2); using it (ui-stop leaves it)"; \
+	else \
+		$(SETSID) $(3) > $(UI_DIR)/$(1).log 2>&1 < /dev/null & echo $$! > $(UI_DIR)/$(1).pid; \
+		echo "$(1): starting (pid $$(cat $(UI_DIR)/$(1).pid), log $(UI_DIR)/$(1).log)"; \
+	fi
+endef
+
+# ui_wait NAME URL: until URL answers; stop with the log's tail if the server dies or 120 s pass
+define ui_wait
+	@for i in $$(seq 240); do \
+		$(call ANSWERS,$(2)) && exit 0; \
+		if [ -f $(UI_DIR)/$(1).pid ] && ! kill -0 $$(cat $(UI_DIR)/$(1).pid) 2>/dev/null; then break; fi; \
+		sleep 0.5; \
+	done; \
+	echo "$(1) did not come up at $(2); the end of $(UI_DIR)/$(1).log:"; tail -20 $(UI_DIR)/$(1).log; exit 1
+endef
+
+ui: $(STAMP)
+	@mkdir -p $(UI_DIR) && echo '*' > $(UI_DIR)/.gitignore
+	$(call ui_start,prefect,$(PREFECT_UI)/api/health,$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT))
+	$(call ui_start,mlflow,$(MLFLOW_UI)/health,env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
+		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--artifacts-destination $(CURDIR)/mlartifacts)
+	$(call ui_wait,prefect,$(PREFECT_UI)/api/health)
+	$(call ui_wait,mlflow,$(MLFLOW_UI)/health)
+	@echo
+	@echo "Prefect UI: $(PREFECT_UI)    MLflow UI: $(MLFLOW_UI)"
+	@echo "In your shell, so that stages and runs report to this server (no temporary server a stage):"
+	@echo "    export PREFECT_API_URL=$(PREFECT_UI)/api"
+	@echo "Then: make serve (deployments you start from the UI); make ui-stop ends both servers."
+
+ui-stop:
+	@for name in prefect mlflow; do \
+		if [ -f $(UI_DIR)/$$name.pid ]; then \
+			pid=$$(cat $(UI_DIR)/$$name.pid); \
+			kill -TERM -- -$$pid 2>/dev/null || kill -TERM $$pid 2>/dev/null || true; \
+			rm -f $(UI_DIR)/$$name.pid; echo "$$name: stopped (pid $$pid)"; \
+		else \
+			echo "$$name: not started by make ui (no $(UI_DIR)/$$name.pid)"; \
+		fi; \
+	done
+
+# the deployments (flows/deploy.py): runs started from the UI execute here, one at a time
+serve: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(PREFECT_UI)/api} $(BIN)/python -m flows.deploy

@@ -210,10 +210,21 @@ def pipeline_flow(
 ) -> dict:
     """Run the DVC pipeline (default: every stage) as a DVC experiment in the workspace.
 
-    Unset typed parameters keep params.yaml's value; ``overrides`` sets any other key
-    (``{"train.scheduler": "cosine"}``). ``targets`` limits the run to those stages and what they
-    depend on. ``mode='repro'`` writes the overrides into params.yaml and runs ``dvc repro``.
-    ``repo`` defaults to the repository this code lives in.
+    Args:
+        epochs: train.epochs; empty keeps params.yaml's value (as every typed parameter here)
+        lr: train.lr, the learning rate
+        batch_size: train.batch_size
+        image_size: prepare.image_size, the network's input size in px (a multiple of 16)
+        data_source: data.source; 'archive' and 'local' need data_path
+        data_path: data.path, the Kaggle zip (archive) or an extracted kaggle_3m folder (local)
+        model_variant: model.variant
+        device: train.device
+        overrides: any other params.yaml key, e.g. {"train.scheduler": "cosine", "augment.copies": "4"}
+        targets: run only these stages and what they depend on, e.g. ["augment"]; empty: all
+        mode: 'experiment' (dvc exp run -S ...) or 'repro' (write the overrides into params.yaml, dvc repro)
+        experiment_name: the experiment's name in dvc exp show (experiment mode); empty: DVC picks one
+        force: rerun the stages even when nothing they depend on changed
+        repo: the DVC repository; empty: the one this code lives in
     """
     logger = get_run_logger()
     root = Path(repo) if repo else REPO

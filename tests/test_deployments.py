@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -115,6 +114,35 @@ def test_a_bad_value_fails_the_flow_run_before_dvc_starts(prefect_api, monkeypat
     assert "train.epochs: -3" in str(error.value) and "data.source: 's3'" in str(error.value)
 
 
+def fake_dvc(returncode: int, lines: list[str], calls: list):
+    def run(command, cwd, log):
+        calls.append(command)
+        result = pipeline.DvcResult(returncode=returncode, ran=["train"])
+        result.tail.extend(lines)
+        return result
+    return run
+
+
+def test_repro_mode_writes_the_overrides_into_params_yaml_keeping_its_comments(tmp_path, prefect_api, monkeypatch):
+    for name in ("params.yaml", "dvc.yaml"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    calls = []
+    monkeypatch.setattr(pipeline, "run_dvc", fake_dvc(0, [], calls))
+    summary = pipeline.pipeline_flow(epochs=2, overrides={"train.scheduler": "cosine"}, targets=["train"],
+                                     mode="repro", repo=str(tmp_path))
+    assert calls[0][3:] == ["repro", "train"] and summary["ran"] == ["train"]
+    text = (tmp_path / "params.yaml").read_text()
+    assert "epochs: 2 " in text and "scheduler: cosine " in text and "# the reference trains 100" in text
+
+
+def test_a_failing_dvc_fails_the_run_with_its_last_lines(tmp_path, prefect_api, monkeypatch):
+    monkeypatch.setattr(pipeline, "run_dvc", fake_dvc(1, ["Running stage 'train':", "ERROR: boom"], []))
+    state = pipeline.pipeline_flow(repo=str(REPO), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RuntimeError, match="dvc exp run failed \\(exit 1\\); its last lines:\nRunning stage 'train':\nERROR: boom"):
+        state.result()
+
+
 # -- reports -----------------------------------------------------------------------------------
 
 def test_prepare_report_is_a_table_of_the_split():
@@ -178,7 +206,7 @@ def runner(repo, prefect_api):
         process = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--only", "dvc-experiment"],
                                    cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
     yield process, log
-    process.send_signal(signal.SIGINT)
+    process.terminate()  # SIGTERM: the runner pauses its deployments and exits
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
