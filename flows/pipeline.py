@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"-S {bad[0]!r}: write KEY=VALUE, e.g. -S train.epochs=3")
     overrides = dict(s.split("=", 1) for s in args.set_param)
     try:
+        validate_overrides(REPO / PARAMS, overrides)  # here too: a typo fails before a Prefect run starts
         pipeline_flow(overrides=overrides, targets=args.targets, mode="repro" if args.repro else "experiment",
                       experiment_name=args.name, force=args.force)
     except (ConfigError, RuntimeError) as exc:
