@@ -6,9 +6,10 @@ holding dvc.yaml; under ``dvc exp run --temp/--queue`` DVC's ``DVC_ROOT`` names 
 so runs never land in a temporary copy that is deleted afterwards.
 
 MLflow's active run is per thread and Prefect may run tasks in worker threads, so everything here
-logs through ``MlflowClient`` with the run id passed in; only ``train_run`` opens the run (in the
-flow's own thread) to get MLflow's system-metrics monitor. The run id goes to a small file beside
-the train metrics (``mlflow_run.json``) that the evaluate and register stages read.
+logs through ``MlflowClient`` with the run id passed in. Only ``train_run`` uses the active run: it
+opens it in the flow's own thread (for MLflow's system-metrics monitor) and logs the dataset to it
+there. The run id goes to a small file beside the train metrics (``mlflow_run.json``) that the
+evaluate and register stages read.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import mlflow_model
 from unet.atomic import atomic_file
 from unet.config import MlflowConfig, PipelineConfig
+from unet.prepare import read_manifest
 from unet.train import BEST
 
 RUN_FILE = "mlflow_run.json"  # beside train.json; dvc.yaml names the same file
@@ -210,10 +212,11 @@ def train_run(config: PipelineConfig, *, resume: bool = False,
     (``resume``: a checkpoint is continued) goes on in the same run. The run starts and ends in the
     calling thread, as MLflow's active run requires.
     """
-    experiment_id = use_experiment(config.mlflow, environ)
-    client = MlflowClient()
+    manifest = read_manifest(config.prepare.manifest_path)  # a clear error before any run is opened
     root = repo_root()
     digest, digest_source = prepared_data_hash(config.prepare.out_dir, root)
+    experiment_id = use_experiment(config.mlflow, environ)
+    client = MlflowClient()
     resumed = _run_to_resume(run_file(config), experiment_id) if resume else None
     with mlflow.start_run(run_id=resumed, experiment_id=experiment_id, log_system_metrics=True) as run:
         run_id = run.info.run_id
@@ -226,7 +229,7 @@ def train_run(config: PipelineConfig, *, resume: bool = False,
             if value:
                 client.set_tag(run_id, key, value)
         # mlflow.log_input logs to this thread's active run: the one just opened here
-        log_training_data(pd.read_parquet(config.prepare.manifest_path), config.prepare.out_dir, digest)
+        log_training_data(manifest, config.prepare.out_dir, digest)
         yield run_id
 
 
@@ -265,7 +268,7 @@ def log_trained_model(run_id: str, config: PipelineConfig) -> str:
 
     The URI is added to ``mlflow_run.json`` for the register stage.
     """
-    manifest = pd.read_parquet(config.prepare.manifest_path)
+    manifest = read_manifest(config.prepare.manifest_path)
     info = mlflow_model.log_model(run_id, config.train.out_dir / BEST, mlflow_model.example_slices(manifest))
     record = {**json.loads(run_file(config).read_text()), "model_id": info.model_id, "model_uri": info.model_uri}
     write_run_file(run_file(config), record)
