@@ -30,7 +30,6 @@ from flows.register import decide, run_score
 from tasks import tracking
 from unet.config import MlflowConfig, parse_config
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL = "lgg-unet-test"
 
 
@@ -146,7 +145,8 @@ def test_train_and_evaluate_log_into_one_run(tracked):
     assert run.data.params["data.path"] == "null" and run.data.params["prepare.clip_percentiles"] == "[10.0, 99.0]"
     manifest_md5 = hashlib.md5((root / "prepared/manifest.parquet").read_bytes()).hexdigest()
     assert run.data.tags["data.digest"] == manifest_md5  # prepared outside DVC: the manifest's digest
-    assert run.data.tags["mlflow.source.git.commit"] == tracking.git_commit(REPO)
+    if commit := tracking.git_commit(tracking.repo_root()):  # pytest started inside the git checkout
+        assert run.data.tags["mlflow.source.git.commit"] == commit
     (dataset,) = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("lgg-prepared", manifest_md5)
     assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
@@ -223,11 +223,10 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
 def patient(tracked):
     """One raw patient volume (6, 32, 32, 3) uint8 and the mask the checkpoint gives it in-process."""
     from unet.inference import Segmenter
-
-    root, config = tracked
-    manifest = pd.read_parquet(root / "prepared/manifest.parquet")
     from unet.rawdata import read_image
 
+    root, _ = tracked
+    manifest = pd.read_parquet(root / "prepared/manifest.parquet")
     rows = manifest[manifest["patient"] == manifest["patient"].iloc[0]].sort_values("index")
     slices = np.stack([read_image(Path(p)) for p in rows["image_path"]])
     return slices, Segmenter.from_checkpoint(root / "models/best.pt").segment(slices)
