@@ -88,3 +88,15 @@ def test_a_param_change_reruns_only_what_depends_on_it(repo, prefect_api):
     assert "Running stage 'prepare'" in result.stdout and "Running stage 'augment'" in result.stdout
     assert "Running stage 'download'" not in result.stdout
     assert json.loads((repo / "data/prepared/summary.json").read_text())["image_size"] == 16
+
+
+def test_push_and_pull_round_trip_through_the_default_local_remote(repo, prefect_api):
+    dvc(repo, "repro", "augment", api=prefect_api)
+    before = (repo / "data/prepared/manifest.parquet").read_bytes()
+    dvc(repo, "push", api=prefect_api)
+    assert any((repo / "dvc-storage").rglob("*")), "the default remote is the repo's dvc-storage/ folder"
+    shutil.rmtree(repo / ".dvc/cache")
+    shutil.rmtree(repo / "data")
+    dvc(repo, "pull", "--with-deps", "augment", api=prefect_api)
+    assert (repo / "data/prepared/manifest.parquet").read_bytes() == before
+    assert "up to date" in dvc(repo, "status", "augment", api=prefect_api).stdout
