@@ -25,13 +25,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	@start=$$(date +%s); \
 	$(BIN)/dvc repro && \
-	echo && echo "split (data/prepared/summary.json):" && \
-	$(BIN)/python -c "import json; s = json.load(open('data/prepared/summary.json')); print(json.dumps(s['splits']))" && \
-	echo && $(BIN)/dvc metrics show && \
-	echo && echo "pipeline finished in $$(( $$(date +%s) - start )) s; curves: dvc plots show (writes dvc_plots/index.html)"
+	$(BIN)/python -m flows.summary && \
+	echo "pipeline finished in $$(( $$(date +%s) - start )) s"
 
 clean:
-	rm -rf data models metrics mlruns mlflow.db
+	rm -rf data models mlruns mlartifacts mlflow.db dvc-storage
 
 # --- the UIs: a Prefect server and an MLflow server in the background (make ui-stop ends them) ---
 UI_DIR     := .ui

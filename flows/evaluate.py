@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import stage_main
+from tasks.reports import evaluate_report, publish
 from tasks import tracking
 from unet import nifti
 from unet.atomic import atomic_dir, atomic_file
@@ -86,6 +87,7 @@ def evaluate_flow(config: PipelineConfig) -> dict:
                 "global Dice %.4f, tumour-slice Dice %.4f; overlays: %s", headline, metrics["dsc_mean"],
                 metrics["dsc_median"], metrics["n_volumes"], metrics["dsc_no_postprocess_mean"],
                 metrics["global_dice"], metrics["tumour_slice_dice"], ", ".join(overlays))
+    publish("lgg-evaluate", evaluate_report(metrics), description=f"{headline} scores at the original geometry")
     return metrics
 
 

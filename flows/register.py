@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import stage_main
+from tasks.reports import publish, registry_report
 from tasks import tracking
 from unet.atomic import atomic_file
 from unet.config import PipelineConfig
@@ -107,6 +108,7 @@ def register_flow(config: PipelineConfig) -> dict[str, Any]:
         json.dump(result, handle, indent=2)
     logger.info("%s version %s (%s %.4f): %s; champion is version %d", name, version, score_metric, score,
                 outcome["decision"], outcome["champion_version"])
+    publish("lgg-registry", registry_report(result), description=f"{name} v{version}: {outcome['decision']}")
     return result
 
 

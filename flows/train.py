@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import sys
 
+import pandas as pd
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import stage_main
+from tasks.reports import publish, train_report
 from tasks import tracking
 from unet import distributed
 from unet.atomic import atomic_file
@@ -106,6 +108,8 @@ def train_flow(config: PipelineConfig) -> dict:
         logger.info("best val DSC %.4f at epoch %d", summary["best_val_dsc"], summary["best_epoch"])
         tracking.log_training_summary(run_id, config, summary)
         logger.info("MLflow run %s, model %s", run_id, tracking.log_trained_model(run_id, config))
+    history = pd.read_csv(config.train.metrics_dir / HISTORY).to_dict("records")
+    publish("lgg-train", train_report(history, summary), description="training curve and best epoch")
     return summary
 
 

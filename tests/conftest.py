@@ -15,6 +15,8 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# every MLflow run of the test session goes to a throw-away store, never the repo's mlflow.db
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='mlflow-')}/mlflow.db"
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,13 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ["flows", "tasks", "unet", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore"]
+COPIED = ["flows", "tasks", "unet", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvc/plots"]
 TINY = {
     "data": {"synthetic": {"n_patients": 6, "min_slices": 4, "max_slices": 6, "image_size": 32}},
     "prepare": {"image_size": 32, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
+    "model": {"features": 4, "depth": 2},
+    "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4},
+    "evaluate": {"overlay_patients": 1},
 }
 
 
@@ -100,3 +103,25 @@ def test_push_and_pull_round_trip_through_the_default_local_remote(repo, prefect
     dvc(repo, "pull", "--with-deps", "augment", api=prefect_api)
     assert (repo / "data/prepared/manifest.parquet").read_bytes() == before
     assert "up to date" in dvc(repo, "status", "augment", api=prefect_api).stdout
+
+
+def test_whole_pipeline_ends_with_a_champion_a_new_process_can_use(repo, prefect_api):
+    dvc(repo, "repro", api=prefect_api)
+    registry = json.loads((repo / "metrics/registry.json").read_text())
+    assert registry["decision"] == "first" and registry["champion_version"] == registry["version"]
+    assert "dsc_mean" in json.loads((repo / "metrics/eval.json").read_text())
+    script = (
+        "import sys, mlflow, numpy as np, tifffile, pathlib\n"
+        "folder = sorted(pathlib.Path('data/raw/kaggle_3m').glob('TCGA_*'))[0]\n"
+        "files = sorted((f for f in folder.glob('*.tif') if 'mask' not in f.name),"
+        " key=lambda f: int(f.stem.split('_')[-1]))\n"
+        "slices = np.stack([tifffile.imread(f) for f in files])\n"
+        "mask = mlflow.pyfunc.load_model('models:/lgg-unet@champion').predict(slices)\n"
+        "print(mask.dtype, mask.shape, slices.shape, set(np.unique(mask)) <= {0, 1})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["uint8", "True", "True"]
+    again = dvc(repo, "repro", api=prefect_api)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in dvc(repo, "status", api=prefect_api).stdout

@@ -1,0 +1,32 @@
+"""What ``make demo`` prints at the end: the scores, the registry decision, where to look next."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from flows.common import stage_main
+from tasks.tracking import tracking_uri
+from unet.config import PipelineConfig
+
+
+def run(config: PipelineConfig) -> dict:
+    evaluation = json.loads((config.evaluate.out_dir / "eval.json").read_text())
+    registry = json.loads((config.registry.out_dir / "registry.json").read_text())
+    train = json.loads((config.train.metrics_dir / "train.json").read_text())
+    print(f"\nbest validation DSC {train['best_val_dsc']:.3f} (epoch {train['best_epoch']} of {train['epochs']}, "
+          f"{train['device']})")
+    print(f"{evaluation['split']} split, {evaluation['n_volumes']} patients, at the original geometry: per-volume DSC "
+          f"mean {evaluation['dsc_mean']:.3f}, median {evaluation['dsc_median']:.3f}; "
+          f"global Dice {evaluation['global_dice']:.3f}")
+    print(f"registry: {registry['model_name']} version {registry['version']}: {registry['decision']}; "
+          f"champion is version {registry['champion_version']}")
+    print(f"MLflow store: {tracking_uri(config.mlflow)}")
+    print("UIs: make ui, then Prefect http://127.0.0.1:4200 and MLflow http://127.0.0.1:5000; "
+          "curves: dvc plots show")
+    print(f"use it: mlflow.pyfunc.load_model('models:/{registry['model_name']}@champion').predict(slices)")
+    return registry
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main(run, __doc__))
