@@ -266,6 +266,8 @@ def _describe(error: dict, raw: dict) -> str:
     if error["type"] == "literal_error":
         allowed = error.get("ctx", {}).get("expected", "")
         return f"  {key}: {value!r} is not allowed; use one of {allowed}"
+    if isinstance(value, dict):  # a check across a section's keys: its message names them
+        return f"  {key}: {message}"
     return f"  {key}: {value!r}: {message}"
 
 
