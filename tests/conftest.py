@@ -57,6 +57,22 @@ def make_raw_tree(root: Path, patients: int = 4, slices: int = 5, size: int = 32
     return root
 
 
+def tiny_stage_params(root: Path, *, metrics_dir: str = "metrics", overlay_patients: int = 2, **train) -> dict:
+    """params for the whole pipeline on a tiny 32 px set under ``root`` (features 4, depth 2, CPU)."""
+    return {
+        "data": {"raw_dir": str(root / "raw")},
+        "prepare": {"image_size": 32, "out_dir": str(root / "prepared"), "nifti": False,
+                    "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 1}},
+        "weightmap": {"out_dir": str(root / "weightmaps")},
+        "augment": {"copies": 1, "out_dir": str(root / "augmented"), "preview": str(root / "grid.png")},
+        "model": {"variant": "reference", "features": 4, "depth": 2},
+        "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "device": "cpu", "lr": 1e-3,
+                  "out_dir": str(root / "models"), "metrics_dir": str(root / metrics_dir), **train},
+        "evaluate": {"out_dir": str(root / "metrics"), "predictions_dir": str(root / "predictions"),
+                     "overlays_dir": str(root / "overlays"), "overlay_patients": overlay_patients},
+    }
+
+
 @pytest.fixture
 def raw_tree(tmp_path: Path) -> Path:
     return make_raw_tree(tmp_path / "kaggle_3m")

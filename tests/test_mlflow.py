@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_raw_tree
+from conftest import make_raw_tree, tiny_stage_params
 from flows.register import decide, run_score
 from tasks import tracking
 from unet.config import MlflowConfig, parse_config
@@ -34,20 +34,9 @@ MODEL = "lgg-unet-test"
 
 
 def params_for(root: Path, metrics_dir: str = "metrics") -> dict:
-    return {
-        "data": {"raw_dir": str(root / "raw")},
-        "prepare": {"image_size": 32, "out_dir": str(root / "prepared"), "nifti": False,
-                    "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 1}},
-        "weightmap": {"out_dir": str(root / "weightmaps")},
-        "augment": {"copies": 1, "out_dir": str(root / "augmented"), "preview": str(root / "grid.png")},
-        "model": {"variant": "reference", "features": 4, "depth": 2},
-        "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "device": "cpu", "lr": 1e-3,
-                  "out_dir": str(root / "models"), "metrics_dir": str(root / metrics_dir)},
-        "evaluate": {"out_dir": str(root / "metrics"), "predictions_dir": str(root / "predictions"),
-                     "overlays_dir": str(root / "overlays"), "overlay_patients": 1},
-        "registry": {"model_name": MODEL, "out_dir": str(root / metrics_dir)},
-        "mlflow": {"experiment": "lgg-test"},
-    }
+    return {**tiny_stage_params(root, metrics_dir=metrics_dir, overlay_patients=1),
+            "registry": {"model_name": MODEL, "out_dir": str(root / metrics_dir)},
+            "mlflow": {"experiment": "lgg-test"}}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_raw_tree
+from conftest import make_raw_tree, tiny_stage_params
 from unet import nifti
 from unet.checkpoint import load_checkpoint, model_from_checkpoint
 from unet.config import parse_config
@@ -27,18 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def params_for(root: Path, **train) -> dict:
-    return {
-        "data": {"raw_dir": str(root / "raw")},
-        "prepare": {"image_size": 32, "out_dir": str(root / "prepared"), "nifti": False,
-                    "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 1}},
-        "weightmap": {"out_dir": str(root / "weightmaps")},
-        "augment": {"copies": 1, "out_dir": str(root / "augmented"), "preview": str(root / "grid.png")},
-        "model": {"variant": "reference", "features": 4, "depth": 2},
-        "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "device": "cpu", "lr": 1e-3,
-                  "out_dir": str(root / "models"), "metrics_dir": str(root / "metrics"), **train},
-        "evaluate": {"out_dir": str(root / "metrics"), "predictions_dir": str(root / "predictions"),
-                     "overlays_dir": str(root / "overlays"), "overlay_patients": 2},
-    }
+    return tiny_stage_params(root, **train)
 
 
 @pytest.fixture(scope="module")
