@@ -16,7 +16,7 @@ from flows.common import stage_main, task_runner
 from tasks import precompute as precompute_tasks
 from tasks.reports import augment_report, publish
 from unet.atomic import atomic_dir
-from unet.augment import bytes_per_slice_copy
+from unet.augment import COPY_FILES, bytes_per_slice_copy, load_copies
 from unet.config import PipelineConfig
 from unet.figures import augmentation_grid
 from unet.precompute import load_weight_maps, scale_px
@@ -47,9 +47,10 @@ def preview(manifest: pd.DataFrame, config: PipelineConfig, augmented: Path) -> 
     for array_dir, k in zip(chosen["array_dir"], chosen["index"].astype(int)):
         image, mask = load_patient_arrays(config.prepare.out_dir, array_dir)
         originals = {"image": image, "mask": mask, "weight": load_weight_maps(config.weightmap.out_dir, array_dir)}
+        warped = dict(zip(COPY_FILES, load_copies(augmented, array_dir)))
         for name in columns:
             columns[name].append(originals[name][k])
-            copies[name].append(np.load(augmented / array_dir / f"{name}.npy", mmap_mode="r")[0, k])
+            copies[name].append(warped[name][0, k])
     stack = {name: np.stack(v).astype(np.float32) for name, v in columns.items()}
     warped = {name: np.stack(v).astype(np.float32) for name, v in copies.items()}
     labels = [f"{p[:12]} #{s}" for p, s in zip(chosen["patient"], chosen["slice"])]

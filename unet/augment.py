@@ -46,14 +46,20 @@ def augment_patient(
     )
     target = Path(out_dir) / array_dir
     target.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        "image.npy": out_images.astype(np.float16),
-        "mask.npy": out_masks.astype(np.uint8),
-        "weight.npy": out_weights.astype(np.float16),
-    }
+    arrays = dict(zip(COPY_FILES, (out_images.astype(np.float16), out_masks.astype(np.uint8),
+                                   out_weights.astype(np.float16))))
     for name, array in arrays.items():
-        np.save(target / name, array)
+        np.save(target / f"{name}.npy", array)
     return {"slices": int(images.shape[0]), "bytes": int(sum(a.nbytes for a in arrays.values()))}
+
+
+COPY_FILES = ("image", "mask", "weight")
+
+
+def load_copies(out_dir: Path, array_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One patient's copies, memory-mapped: images (K, S, H, W, 3), masks (K, S, H, W), weights."""
+    base = Path(out_dir) / array_dir
+    return tuple(np.load(base / f"{name}.npy", mmap_mode="r") for name in COPY_FILES)  # type: ignore[return-value]
 
 
 def bytes_per_slice_copy(image_size: int) -> int:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from unet.augment import load_copies
 from unet.precompute import load_weight_maps
 from unet.prepare import load_patient_arrays
 
@@ -53,8 +54,7 @@ def _patient_arrays(dirs: StageDirs, array_dir: str, keep: np.ndarray, copies: b
                else np.ones(masks.shape, np.float16))
     parts = [(np.asarray(images[keep]), np.asarray(masks[keep]), np.asarray(weights[keep]), 0)]
     if copies and dirs.augmented is not None:
-        base = Path(dirs.augmented) / array_dir
-        warped = [np.load(base / f"{name}.npy", mmap_mode="r") for name in ("image", "mask", "weight")]
+        warped = load_copies(dirs.augmented, array_dir)
         for k in range(warped[0].shape[0]):
             parts.append((np.asarray(warped[0][k][keep]), np.asarray(warped[1][k][keep]),
                           np.asarray(warped[2][k][keep]), k + 1))

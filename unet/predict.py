@@ -30,6 +30,7 @@ import torch
 
 from unet.inference import Segmenter
 from unet.predict_io import Scan, overlay_slices, read_scan, write_mask, write_overlay
+from unet.train import select_device
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,10 @@ class PredictOptions:
 def resolve_device(name: str) -> torch.device:
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device {name}: choose auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA device here; use --device auto or --device cpu")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        return select_device(name)
+    except RuntimeError:
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device auto or --device cpu") from None
 
 
 def load_segmenter(options: PredictOptions) -> Segmenter:
