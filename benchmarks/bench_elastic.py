@@ -1,4 +1,4 @@
-"""Elastic deformation speed: unet.elastic (torch) against scipy.ndimage.map_coordinates, side by side.
+"""Elastic deformation speed: unet.transforms.elastic (torch) against scipy.ndimage.map_coordinates, side by side.
 
     python benchmarks/bench_elastic.py [--device cpu|cuda] [--n 256] [--batch 4] [--rounds 3]
 
@@ -30,7 +30,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unet.elastic import deform_copies, elastic_deform, random_displacement, sampling_grid  # noqa: E402
+from unet.transforms.elastic import deform_copies, elastic_deform, random_displacement, sampling_grid  # noqa: E402
 
 SIZE = 256
 

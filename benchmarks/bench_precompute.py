@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_weightmap import weight_map_baseline  # noqa: E402
 
-from unet.augment import augment_patient  # noqa: E402
+from unet.augment.stage import augment_patient  # noqa: E402
 from unet.config import PrepareConfig, SplitConfig  # noqa: E402
-from unet.elastic import random_displacement  # noqa: E402
-from unet.precompute import class_weights, patient_weight_maps, scale_px  # noqa: E402
-from unet.prepare import load_patient_arrays, prepare_dataset  # noqa: E402
-from unet.synthetic import write_synthetic_dataset  # noqa: E402
+from unet.transforms.elastic import random_displacement  # noqa: E402
+from unet.weightmaps.stage import class_weights, patient_weight_maps, scale_px  # noqa: E402
+from unet.prepare.stage import load_patient_arrays, prepare_dataset  # noqa: E402
+from unet.download.synthetic import write_synthetic_dataset  # noqa: E402
 
 
 def timed(label: str, fn):

@@ -6,7 +6,7 @@ One synthetic patient (``--slices`` 256x256 TIFF slices in the Kaggle layout) an
 reference net (32 features, untrained: speed does not depend on the weights) saved as a
 checkpoint with image_size 256. Times, best of ``--repeats``, on the CPU with ``--threads``:
 
-* the whole command in-process (``unet.predict.predict``: read TIFFs, load the checkpoint,
+* the whole command in-process (``unet.predict.cli.predict``: read TIFFs, load the checkpoint,
   preprocess, network, back to the input grid, threshold + largest component, write NIfTI,
   overlays and summary), against the goal of 5 s on two cores; Python start-up and imports are
   timed apart, in a subprocess;
@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet.checkpoint import save_checkpoint
-from unet.inference import Segmenter, predict_prepared
+from unet.models.checkpoint import save_checkpoint
+from unet.predict.segmenter import Segmenter, predict_prepared
 from unet.metrics import postprocess
-from unet.model import build_model
-from unet.predict import CPU_BATCH, N_OVERLAYS, PredictOptions, load_segmenter, predict, summarise, write_outputs
-from unet.predict_io import overlay_slices, read_scan
+from unet.models.unet import build_model
+from unet.predict.cli import CPU_BATCH, N_OVERLAYS, PredictOptions, load_segmenter, predict, summarise, write_outputs
+from unet.predict.scan import overlay_slices, read_scan
 from unet.preprocess import to_original
-from unet.synthetic import write_synthetic_dataset
-from unet.train import cpu_has_bf16
+from unet.download.synthetic import write_synthetic_dataset
+from unet.train.loop import cpu_has_bf16
 
 GOAL_S = 5.0
 
@@ -114,7 +114,7 @@ def main() -> None:
               f"{'met' if total <= GOAL_S else 'MISSED'}")
         print(f"{'  with --all-overlays, the write stage':<40}{all_overlays_s:>8.3f}")
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import unet.predict"], check=True)
+        subprocess.run([sys.executable, "-c", "import unet.predict.cli"], check=True)
         print(f"{'python start-up + imports (subprocess)':<40}{time.perf_counter() - started:>8.3f}   not in the total")
         print(f"(tumour voxels predicted by the untrained net: {summary['tumour_voxels']})")
 

@@ -5,8 +5,8 @@
 The baseline is the reference repo's loop as it is usually run: fp32, eager, a DataLoader whose
 workers augment one slice at a time on the CPU (skimage rescale +-5%, rotate +-15 degrees,
 horizontal flip), batches copied to the device, Adam 1e-4, soft Dice. This trainer: the same
-net and loss through ``unet.train.train_one_epoch``: batched augmentation on the training device
-(``unet.transforms``), the split resident on the device on CUDA, bf16 autocast and channels_last
+net and loss through ``unet.train.loop.train_one_epoch``: batched augmentation on the training device
+(``unet.transforms.batch``), the split resident on the device on CUDA, bf16 autocast and channels_last
 on CUDA, optionally ``torch.compile``. Prints images/s, the speed-up, achieved TFLOP/s (from
 torch's FLOP counter) and peak memory. Synthetic tensors: speed does not depend on the pixels.
 """
@@ -23,12 +23,12 @@ from skimage.transform import rescale, rotate
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from unet.data import SliceArrays
-from unet.loader import CpuBatches, DeviceBatches
-from unet.losses import CombinedLoss, soft_dice_loss
-from unet.model import build_model
-from unet.train import cpu_has_bf16, train_one_epoch
-from unet.transforms import AugmentParams
+from unet.train.data import SliceArrays
+from unet.train.loader import CpuBatches, DeviceBatches
+from unet.train.losses import CombinedLoss, soft_dice_loss
+from unet.models.unet import build_model
+from unet.train.loop import cpu_has_bf16, train_one_epoch
+from unet.transforms.batch import AugmentParams
 
 
 def synthetic_arrays(n: int, size: int, seed: int = 0) -> SliceArrays:

@@ -1,4 +1,4 @@
-"""Train-time augmentation speed: unet.transforms (one batched warp) against per-sample CPU baselines.
+"""Train-time augmentation speed: unet.transforms.batch (one batched warp) against per-sample CPU baselines.
 
     python benchmarks/bench_transforms.py [--device cpu|cuda] [--batch 16] [--size 256] [--rounds 7]
                                           [--elastic-sigma 0]
@@ -35,7 +35,7 @@ from skimage.transform import rescale, rotate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unet.transforms import augment_batch, affine_matrix, draw_affine_params  # noqa: E402
+from unet.transforms.batch import augment_batch, affine_matrix, draw_affine_params  # noqa: E402
 
 
 def phantom(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

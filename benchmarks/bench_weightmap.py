@@ -1,4 +1,4 @@
-"""Weight maps: unet.weightmap.weight_map against the common way, on LGG-like masks.
+"""Weight maps: unet.weightmaps.weightmap.weight_map against the common way, on LGG-like masks.
 
     python benchmarks/bench_weightmap.py [--n 500] [--size 256] [--seed 0] [--repeat 3]
 
@@ -17,7 +17,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from unet.weightmap import weight_map
+from unet.weightmaps.weightmap import weight_map
 
 N_SLICES_LGG = 3929
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -86,7 +86,7 @@ def main() -> None:
     methods = {
         "baseline (EDT per object, sort)": lambda m: weight_map_baseline(m),
         "baseline, EDT only if >= 2 objects": lambda m: weight_map_baseline(m, skip_below_two=True),
-        "unet.weightmap.weight_map": lambda m: weight_map(m),
+        "unet.weightmaps.weightmap.weight_map": lambda m: weight_map(m),
     }
     seconds = {label: np.full(args.n, np.inf) for label in methods}
     max_diff = {label: 0.0 for label in methods}

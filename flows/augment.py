@@ -15,12 +15,12 @@ from prefect import flow, unmapped
 from flows.common import stage_main, task_runner
 from tasks import precompute as precompute_tasks
 from tasks.reports import augment_report, publish
-from unet.atomic import atomic_dir
-from unet.augment import COPY_FILES, bytes_per_slice_copy, load_copies
+from unet.io.atomic import atomic_dir
+from unet.augment.stage import COPY_FILES, bytes_per_slice_copy, load_copies
 from unet.config import PipelineConfig
-from unet.figures import augmentation_grid
-from unet.precompute import load_weight_maps, scale_px
-from unet.prepare import load_patient_arrays, read_manifest
+from unet.augment.preview import augmentation_grid
+from unet.weightmaps.stage import load_weight_maps, scale_px
+from unet.prepare.stage import load_patient_arrays, read_manifest
 
 LGG_SLICES = 3929
 PREVIEW_SLICES = 4

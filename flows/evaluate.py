@@ -12,15 +12,15 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import stage_main
 from tasks.reports import evaluate_report, publish
 from tasks import tracking
-from unet import nifti
-from unet.atomic import atomic_dir, atomic_file
-from unet.checkpoint import model_from_checkpoint
+from unet.io import nifti
+from unet.io.atomic import atomic_dir, atomic_file
+from unet.models.checkpoint import model_from_checkpoint
 from unet.config import PipelineConfig
-from unet.evaluate import PatientResult, evaluate_patient, json_safe, per_patient_table, split_metrics
-from unet.overlay import overlay_figure
-from unet.prepare import load_patient_arrays, read_manifest
-from unet.rawdata import read_image
-from unet.train import BEST, select_device
+from unet.evaluate.scores import PatientResult, evaluate_patient, json_safe, per_patient_table, split_metrics
+from unet.evaluate.overlay import overlay_figure
+from unet.prepare.stage import load_patient_arrays, read_manifest
+from unet.prepare.raw import read_image
+from unet.train.loop import BEST, select_device
 
 PARTS = ("test", "val")
 

@@ -11,7 +11,7 @@ from flows.common import stage_main, process_map
 from tasks import data as data_tasks
 from tasks.reports import prepare_report, publish
 from unet.config import PipelineConfig
-from unet.prepare import summarise
+from unet.prepare.stage import summarise
 
 
 @flow(name="prepare", log_prints=True)

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import stage_main
 from tasks.reports import publish, registry_report
 from tasks import tracking
-from unet.atomic import atomic_file
+from unet.io.atomic import atomic_file
 from unet.config import PipelineConfig
 
 SCORE_METRICS = ("val_dsc_mean", "best_val_dsc")  # evaluate's, else train's

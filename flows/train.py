@@ -18,16 +18,16 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import stage_main
 from tasks.reports import publish, train_report
 from tasks import tracking
-from unet import distributed
-from unet.atomic import atomic_file
-from unet.checkpoint import load_checkpoint
+from unet.train import distributed
+from unet.io.atomic import atomic_file
+from unet.models.checkpoint import load_checkpoint
 from unet.config import PipelineConfig
-from unet.data import StageDirs, load_split
-from unet.inference import preprocess_metadata
-from unet.loader import CpuBatches, DeviceBatches, steps_per_epoch
-from unet.model import build_model
-from unet.prepare import read_manifest
-from unet.train import CHECKPOINT, check_resumable, fit, seed_everything, select_device, write_history
+from unet.train.data import StageDirs, load_split
+from unet.predict.segmenter import preprocess_metadata
+from unet.train.loader import CpuBatches, DeviceBatches, steps_per_epoch
+from unet.models.unet import build_model
+from unet.prepare.stage import read_manifest
+from unet.train.loop import CHECKPOINT, check_resumable, fit, seed_everything, select_device, write_history
 
 HISTORY = "train_history.csv"
 METRICS = "train.json"

@@ -11,10 +11,10 @@ from prefect import flow, unmapped
 from flows.common import stage_main, task_runner
 from tasks import precompute as precompute_tasks
 from tasks.reports import publish, weightmaps_report
-from unet.atomic import atomic_dir
+from unet.io.atomic import atomic_dir
 from unet.config import PipelineConfig
-from unet.precompute import class_weights, scale_px
-from unet.prepare import read_manifest
+from unet.weightmaps.stage import class_weights, scale_px
+from unet.prepare.stage import read_manifest
 
 
 @flow(name="weightmaps", log_prints=True)

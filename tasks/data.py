@@ -9,7 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from unet import prepare, sources, synthetic
+from unet.download import sources, synthetic
+from unet.prepare import stage as prepare
 from unet.config import DataConfig, PrepareConfig
 
 

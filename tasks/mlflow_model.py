@@ -3,7 +3,7 @@
 Input: one patient's slices in order, as read from the Kaggle TIFFs: a uint8 array
 ``(N, H, W, 3)`` (the real set is 256x256; any size works, the model resizes inside). Output: a
 uint8 ``(N, H, W)`` mask of 0/1 on the input's grid. Inside: the checkpoint's own preprocessing,
-the network, the threshold and the largest 3-D component (``unet.inference.Segmenter``)::
+the network, the threshold and the largest 3-D component (``unet.predict.segmenter.Segmenter``)::
 
     model = mlflow.pyfunc.load_model("models:/lgg-unet@champion")
     mask = model.predict(slices)             # slices: np.uint8 (N, 256, 256, 3)
@@ -30,7 +30,7 @@ SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),  # (N, H, W, RGB): any N and size
     outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),  # (N, H, W) 0/1
 )
-# what importing unet.inference needs, pinned to the versions it was logged with
+# what importing unet.predict.segmenter needs, pinned to the versions it was logged with
 REQUIREMENTS = ("mlflow", "torch", "numpy", "scipy", "scikit-image", "pandas", "pyarrow", "pydantic", "pyyaml",
                 "tqdm", "nibabel", "tifffile", "cloudpickle")
 
@@ -41,7 +41,7 @@ class LggUnetModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from unet.inference import Segmenter
+        from unet.predict.segmenter import Segmenter
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.segmenter = Segmenter.from_checkpoint(Path(context.artifacts["checkpoint"]), device=device)
@@ -69,7 +69,7 @@ def requirements() -> list[str]:
 
 def example_slices(manifest: pd.DataFrame, count: int = 4) -> np.ndarray:
     """``count`` consecutive raw slices around the largest tumour of a validation (else test) patient."""
-    from unet.rawdata import read_image
+    from unet.prepare.raw import read_image
 
     part = next((p for p in ("val", "test", "train") if (manifest["split"] == p).any()))
     rows = manifest[manifest["split"] == part]

@@ -7,7 +7,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from unet import augment, precompute
+from unet.augment import stage as augment
+from unet.weightmaps import stage as precompute
 
 
 @task(name="patient-weight-maps", cache_policy=NO_CACHE, persist_result=False,

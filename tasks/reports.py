@@ -35,7 +35,7 @@ def _numeric(text: str) -> bool:
 
 
 def prepare_report(summary: Mapping) -> str:
-    """``unet.prepare.summarise``'s counts: patients, slices and tumour slices per split part."""
+    """``unet.prepare.stage.summarise``'s counts: patients, slices and tumour slices per split part."""
     splits = summary["splits"]
     order = [p for p in ("train", "val", "test") if p in splits] + sorted(set(splits) - {"train", "val", "test"})
     rows = [(p, splits[p]["patients"], splits[p]["slices"], splits[p]["tumour_slices"]) for p in order]

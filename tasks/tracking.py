@@ -37,10 +37,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import mlflow_model
-from unet.atomic import atomic_file
+from unet.io.atomic import atomic_file
 from unet.config import MlflowConfig, PipelineConfig
-from unet.prepare import read_manifest
-from unet.train import BEST
+from unet.prepare.stage import read_manifest
+from unet.train.loop import BEST
 
 RUN_FILE = "mlflow_run.json"  # beside train.json; dvc.yaml names the same file
 DATASET_NAME = "lgg-prepared"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from unet.elastic import (
+from unet.transforms.elastic import (
     coarse_displacement,
     deform_copies,
     dense_displacement,

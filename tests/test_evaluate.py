@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from unet.config import PrepareConfig, SplitConfig
-from unet.evaluate import evaluate_patient, json_safe, per_patient_table, split_metrics
+from unet.evaluate.scores import evaluate_patient, json_safe, per_patient_table, split_metrics
 from unet.metrics import volume_scores
-from unet.overlay import overlay_figure, tumour_slices
-from unet.prepare import load_patient_arrays, prepare_dataset
+from unet.evaluate.overlay import overlay_figure, tumour_slices
+from unet.prepare.stage import load_patient_arrays, prepare_dataset
 
 
 class FlairOracle(nn.Module):

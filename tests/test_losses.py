@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet.losses import CombinedLoss, soft_dice_loss, weighted_cross_entropy
+from unet.train.losses import CombinedLoss, soft_dice_loss, weighted_cross_entropy
 
 LN2, LN3 = math.log(2), math.log(3)
 

@@ -211,8 +211,8 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
 @pytest.fixture(scope="module")
 def patient(tracked):
     """One raw patient volume (6, 32, 32, 3) uint8 and the mask the checkpoint gives it in-process."""
-    from unet.inference import Segmenter
-    from unet.rawdata import read_image
+    from unet.predict.segmenter import Segmenter
+    from unet.prepare.raw import read_image
 
     root, _ = tracked
     manifest = pd.read_parquet(root / "prepared/manifest.parquet")

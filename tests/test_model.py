@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet.blocks import mirror_pad, paper_valid_inputs_near
-from unet.model import (
+from unet.models.blocks import mirror_pad, paper_valid_inputs_near
+from unet.models.unet import (
     PaperUNet,
     ReferenceUNet,
     build_model,

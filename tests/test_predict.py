@@ -15,12 +15,12 @@ import tifffile
 import torch
 from PIL import Image
 
-from unet.checkpoint import save_checkpoint
-from unet.inference import Segmenter
-from unet.model import build_model
-from unet.predict import main
-from unet.predict_io import overlay_image, overlay_slices, read_scan, scale_to_uint8
-from unet.synthetic import write_synthetic_dataset
+from unet.models.checkpoint import save_checkpoint
+from unet.predict.segmenter import Segmenter
+from unet.models.unet import build_model
+from unet.predict.cli import main
+from unet.predict.scan import overlay_image, overlay_slices, read_scan, scale_to_uint8
+from unet.download.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 META = {"preprocess": {"image_size": 32, "crop_threshold": 0.1, "clip_percentiles": [10, 99]}, "threshold": 0.5}
@@ -120,7 +120,7 @@ def run(tmp_path: Path, model: Path, inputs: list[Path], *extra: str) -> int:
 def test_every_input_kind_gives_the_known_mask_on_its_own_grid(tmp_path, models, case, capsys, caplog):
     writer, kind, slices, spacing, scaled = KINDS[case]
     inputs = writer(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="unet.predict"):
+    with caplog.at_level(logging.WARNING, logger="unet.predict.cli"):
         assert run(tmp_path, models["tumour"], inputs) == 0
     out = tmp_path / "out"
     image = nib.load(str(out / "mask.nii.gz"))
@@ -354,7 +354,7 @@ def test_overlay_outlines_the_mask_in_red_on_flair():
 def test_the_module_runs_as_a_command(tmp_path, models):
     inputs = write_tiff(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "unet.predict", "--model", str(models["tumour"]), "--input", str(inputs[0]),
+        [sys.executable, "-m", "unet.predict.cli", "--model", str(models["tumour"]), "--input", str(inputs[0]),
          "--output", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "slice.tif: tumour in 1 of 1 slices, 288 voxels" in result.stdout

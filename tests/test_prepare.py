@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unet import nifti
+from unet.io import nifti
 from unet.config import PrepareConfig, SplitConfig
-from unet.prepare import load_patient_arrays, prepare_dataset
-from unet.rawdata import RawDataError
+from unet.prepare.stage import load_patient_arrays, prepare_dataset
+from unet.prepare.raw import RawDataError
 
 from conftest import make_raw_tree
 
@@ -65,7 +65,7 @@ def test_a_failure_while_writing_keeps_the_previous_output(raw_tree, config, mon
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("unet.prepare.summarise", explode)
+    monkeypatch.setattr("unet.prepare.stage.summarise", explode)
     with pytest.raises(OSError, match="disk full"):
         prepare_dataset(raw_tree, config)
     assert (config.out_dir / "manifest.parquet").read_bytes() == before

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet.rawdata import RawDataError, patient_id, scan_raw
+from unet.prepare.raw import RawDataError, patient_id, scan_raw
 
 FIRST = "TCGA_CS_4941_19960909"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kaggle_server import FakeKaggle, kaggle_zip, nothing_listening, serve
-from unet.sources import (
+from unet.download.sources import (
     DownloadError,
     KaggleCredentialsError,
     UnsafeArchiveError,
@@ -152,7 +152,7 @@ def test_download_kaggle_rejects_malformed_reference(tmp_path, dataset):
 FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
-from unet.sources import download_kaggle
+from unet.download.sources import download_kaggle
 try:
     root = download_kaggle(sys.argv[1], Path(sys.argv[2]))
     print(json.dumps({"root": str(root)}))

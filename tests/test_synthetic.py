@@ -12,10 +12,10 @@ import pytest
 import tifffile
 from scipy.ndimage import binary_dilation
 
-from unet import phantom, synthetic
-from unet.phantom import FLAIR, POST, PRE, render_volume
-from unet.rawdata import scan_raw
-from unet.synthetic import (
+from unet.download import phantom, synthetic
+from unet.download.phantom import FLAIR, POST, PRE, render_volume
+from unet.prepare.raw import scan_raw
+from unet.download.synthetic import (
     CLINICAL_COLUMNS,
     clinical_rows,
     lgg_patient_names,

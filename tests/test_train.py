@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from unet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from unet.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from unet.config import TrainConfig
-from unet.data import SliceArrays, sampling_weights, volumes
-from unet.loader import CpuBatches, steps_per_epoch
-from unet.losses import CombinedLoss
-from unet.model import build_model
-from unet.train import (
+from unet.train.data import SliceArrays, sampling_weights, volumes
+from unet.train.loader import CpuBatches, steps_per_epoch
+from unet.train.losses import CombinedLoss
+from unet.models.unet import build_model
+from unet.train.loop import (
     BEST, CHECKPOINT, TrainingDiverged, check_resumable, fit, same_size_logits, select_device, train_one_epoch,
 )
-from unet.transforms import AugmentParams
+from unet.transforms.batch import AugmentParams
 
 SIZE = 32
 

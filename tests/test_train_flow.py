@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from conftest import make_raw_tree, tiny_stage_params
-from unet import nifti
-from unet.checkpoint import load_checkpoint, model_from_checkpoint
+from unet.io import nifti
+from unet.models.checkpoint import load_checkpoint, model_from_checkpoint
 from unet.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet.elastic import elastic_deform, sampling_grid
-from unet.transforms import (
+from unet.transforms.elastic import elastic_deform, sampling_grid
+from unet.transforms.batch import (
     AugmentParams,
     affine_displacement,
     affine_matrix,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet.weightmap import (
+from unet.weightmaps.weightmap import (
     class_weights_from_counts,
     class_weights_from_masks,
     weight_map,

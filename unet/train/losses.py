@@ -4,7 +4,7 @@ Shapes: ``logits`` (B, 1, H, W) for a binary net (sigmoid) or (B, 2, H, W) for t
 two-class net (softmax; class 1 is the tumour). ``target`` and ``weight_map`` are (B, H, W) or
 (B, 1, H, W) with the logits' H and W; the target holds 0/1. The paper net's output is smaller
 than its input: centre-crop the target and weight map to the logits first
-(``unet.blocks.center_crop``).
+(``unet.models.blocks.center_crop``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _as_maps(logits: torch.Tensor, target: torch.Tensor, name: str = "target") -
         raise ValueError(
             f"{name} of shape {given} does not match logits {tuple(logits.shape)}: "
             f"give ({b}, {h}, {w}) or ({b}, 1, {h}, {w}); centre-crop it for the paper U-Net "
-            "(unet.blocks.center_crop)"
+            "(unet.models.blocks.center_crop)"
         )
     return target.to(logits.dtype)
 

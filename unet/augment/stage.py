@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unet.elastic import deform_copies
-from unet.precompute import load_weight_maps
-from unet.prepare import load_patient_arrays
+from unet.transforms.elastic import deform_copies
+from unet.weightmaps.stage import load_weight_maps
+from unet.prepare.stage import load_patient_arrays
 
 
 def patient_seed(seed: int, patient: str) -> int:

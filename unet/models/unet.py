@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unet.blocks import (
+from unet.models.blocks import (
     center_crop,
     check_paper_size,
     mirror_pad,

@@ -4,7 +4,7 @@ Inputs become one ``Scan``: (S, H, W, 3) uint8 slices (pre-contrast, FLAIR, post
 way the Kaggle TIFFs hold them, with the geometry to write the mask back on the input's grid:
 
 * a patient folder in the Kaggle layout (``<patient>_<n>.tif``, slices in integer order of
-  ``<n>``, ``*_mask.tif`` and other files ignored): identity affine, as ``unet.nifti`` writes;
+  ``<n>``, ``*_mask.tif`` and other files ignored): identity affine, as ``unet.io.nifti`` writes;
 * one 4-D NIfTI (H, W, slices, 3), or three 3-D NIfTI files (pre, FLAIR, post) on one grid: the
   mask keeps the input's affine and header (FLAIR's, for three files);
 * one RGB TIFF or PNG slice: a one-slice volume.
@@ -25,7 +25,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from unet.nifti import IDENTITY, nifti_to_stack, stack_to_nifti, write_volume
+from unet.io.nifti import IDENTITY, nifti_to_stack, stack_to_nifti, write_volume
 
 FLAIR = 1
 SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)\.tiff?$", re.IGNORECASE)

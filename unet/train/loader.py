@@ -1,6 +1,6 @@
 """Batches for training: a DataLoader over the arrays on the CPU, resident tensors on the GPU.
 
-Both draw slices with the reference's sampling weights (``unet.data.sampling_weights``), with
+Both draw slices with the reference's sampling weights (``unet.train.data.sampling_weights``), with
 replacement, ``steps`` batches an epoch, and yield float32 ``(image, mask, weight)`` on the
 training device. The online augmentations are applied by the training loop to whole batches.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from unet.data import SliceArrays, SliceDataset, sampling_weights, to_device
+from unet.train.data import SliceArrays, SliceDataset, sampling_weights, to_device
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -3,7 +3,7 @@
 ``write_synthetic_dataset(dest)`` writes, for the first ``n_patients`` real LGG folder names,
 ``<folder>/<folder>_<n>.tif`` (RGB uint8: pre-contrast, FLAIR, post-contrast) and
 ``<folder>/<folder>_<n>_mask.tif`` (one channel, 0/255) for n = 1..slices, and a ``data.csv`` with
-the real file's 18 columns. The images come from ``unet.phantom``. Each patient draws from its own
+the real file's 18 columns. The images come from ``unet.download.phantom``. Each patient draws from its own
 stream of ``seed``, so the first k patients are the same whatever ``n_patients`` is, and the same
 arguments give byte-identical files.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unet.atomic import atomic_dir
-from unet.phantom import PhantomSpec, draw_spec, render_volume, slice_count
+from unet.io.atomic import atomic_dir
+from unet.download.phantom import PhantomSpec, draw_spec, render_volume, slice_count
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from unet.checkpoint import save_checkpoint
+from unet.models.checkpoint import save_checkpoint
 from unet.config import TrainConfig
-from unet.data import SliceArrays, volumes
-from unet.losses import CombinedLoss
+from unet.train.data import SliceArrays, volumes
+from unet.train.losses import CombinedLoss
 from unet.metrics import dice, postprocess
-from unet.precompute import scale_px
-from unet.model import PaperUNet, mirror_pad, paper_output_size, paper_valid_input_size
-from unet.transforms import AugmentParams, augment_batch
+from unet.weightmaps.stage import scale_px
+from unet.models.unet import PaperUNet, mirror_pad, paper_output_size, paper_valid_input_size
+from unet.transforms.batch import AugmentParams, augment_batch
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def write_history(history: list[dict[str, float]], path: Path) -> Path:
     """Per-epoch metrics as a CSV that ``dvc plots`` draws; replaced atomically every epoch."""
     import pandas as pd
 
-    from unet.atomic import atomic_file
+    from unet.io.atomic import atomic_file
 
     with atomic_file(path, "w") as handle:
         pd.DataFrame(history).to_csv(handle, index=False)

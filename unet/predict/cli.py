@@ -1,9 +1,9 @@
 """``lgg-predict``: segment one new patient's scan with a trained checkpoint.
 
     lgg-predict --model models/best.pt --input PATIENT_FOLDER --output predictions/PATIENT
-    python -m unet.predict --model models/best.pt --input pre.nii.gz flair.nii.gz post.nii.gz --output out
+    python -m unet.predict.cli --model models/best.pt --input pre.nii.gz flair.nii.gz post.nii.gz --output out
 
-The scan goes through ``unet.inference.Segmenter`` (the checkpoint's own preprocessing, the
+The scan goes through ``unet.predict.segmenter.Segmenter`` (the checkpoint's own preprocessing, the
 network, the way back to the input's grid, threshold and largest 3-D component). DIR receives
 ``mask.nii.gz``, ``overlays/slice_<n>.png`` and ``summary.json``, all written in a staging folder
 beside DIR and moved in at the end, so a failed run leaves DIR as it was. Bad input exits with
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from unet.inference import Segmenter
-from unet.predict_io import Scan, overlay_slices, read_scan, write_mask, write_overlay
-from unet.train import select_device
+from unet.predict.segmenter import Segmenter
+from unet.predict.scan import Scan, overlay_slices, read_scan, write_mask, write_overlay
+from unet.train.loop import select_device
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ mateuszbuda/brain-segmentation-pytorch augments every training slice with a rand
 [0.95, 1.05], a rotation in [-15, 15] degrees and a horizontal flip with probability 0.5, one
 slice at a time in its DataLoader workers. Here a whole batch is warped at once, on the device it
 already sits on: one affine per sample, optionally composed with the U-Net paper's elastic field,
-becomes ONE dense displacement per sample, and `unet.elastic.elastic_deform` resamples the image
+becomes ONE dense displacement per sample, and `unet.transforms.elastic.elastic_deform` resamples the image
 (bilinear), the mask (nearest: exactly 0/1, in its dtype) and the weight map (bilinear) through it
 together, one grid_sample call per tensor. There is one warping path in the package, not two.
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unet.elastic import elastic_deform, random_displacement
+from unet.transforms.elastic import elastic_deform, random_displacement
 
 __all__ = [
     "AugmentParams",

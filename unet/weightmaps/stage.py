@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unet.prepare import load_patient_arrays
-from unet.weightmap import class_weights_from_counts, weight_maps
+from unet.prepare.stage import load_patient_arrays
+from unet.weightmaps.weightmap import class_weights_from_counts, weight_maps
 
 REFERENCE_SIZE = 256
 WEIGHT_FILE = "weight.npy"

@@ -2,7 +2,7 @@
 
 Each source leaves one `<dest>/kaggle_3m/` tree in the Kaggle layout (patient folders `TCGA_*`
 holding `<patient>_<n>.tif` and `<patient>_<n>_mask.tif`, plus `data.csv`). Every source builds
-its tree in a staging folder beside the target (`unet.atomic`) and renames it into place at the
+its tree in a staging folder beside the target (`unet.io.atomic`) and renames it into place at the
 end, so a failure never leaves a half-written `dest/kaggle_3m`.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
-from unet.atomic import atomic_dir
+from unet.io.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The U-Nets' small parts: conv blocks, centre crop, He init, and the sizes each variant accepts.
 
-Two kinds of block compose the models in ``unet.model``:
+Two kinds of block compose the models in ``unet.models.unet``:
 
 * ``reference_block``: two padded 3x3 conv (no bias) + BatchNorm + ReLU, with the submodule names
   of the published brain-segmentation U-Net (``enc1conv1``, ``enc1norm1``, ``enc1relu1``, ...), so

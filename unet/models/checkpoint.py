@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unet.model import build_model
+from unet.models.unet import build_model
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:

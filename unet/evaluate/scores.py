@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from unet.inference import predict_prepared
+from unet.predict.segmenter import predict_prepared
 from unet.metrics import dice, global_dice, postprocess, slice_dice_mean, summarise, tumour_slice_dice, volume_scores
 from unet.preprocess import Geometry, to_original
-from unet.rawdata import read_mask
+from unet.prepare.raw import read_mask
 
 GEOMETRY_FIELDS = tuple(Geometry.__dataclass_fields__)
 

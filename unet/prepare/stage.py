@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unet import nifti
-from unet.atomic import atomic_dir
+from unet.io import nifti
+from unet.io.atomic import atomic_dir
 from unet.config import PrepareConfig
 from unet.preprocess import CHANNELS, channels_present, preprocess_volume
-from unet.rawdata import PatientFiles, read_image, read_mask, scan_raw
-from unet.split import split_patients
+from unet.prepare.raw import PatientFiles, read_image, read_mask, scan_raw
+from unet.prepare.split import split_patients
 
 log = logging.getLogger(__name__)
 

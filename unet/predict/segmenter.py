@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from unet.checkpoint import load_checkpoint, model_from_checkpoint
+from unet.models.checkpoint import load_checkpoint, model_from_checkpoint
 from unet.config import PrepareConfig
 from unet.metrics import postprocess
 from unet.preprocess import Geometry, preprocess_volume, to_original
-from unet.train import predict_probabilities
+from unet.train.loop import predict_probabilities
 
 
 def preprocess_metadata(config: PrepareConfig) -> dict[str, Any]:

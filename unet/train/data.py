@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from unet.augment import load_copies
-from unet.precompute import load_weight_maps
-from unet.prepare import load_patient_arrays
+from unet.augment.stage import load_copies
+from unet.weightmaps.stage import load_weight_maps
+from unet.prepare.stage import load_patient_arrays
 
 
 @dataclass(frozen=True)

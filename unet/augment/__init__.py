@@ -1,0 +1,1 @@
+"""The ``augment`` stage: elastic copies of the training slices, and a picture to check them."""

@@ -1,0 +1,1 @@
+"""Shared input and output: atomic writes, the stage outputs' layout, Kaggle TIFFs, NIfTI volumes."""

@@ -1,0 +1,1 @@
+"""The networks, their checkpoints, and the rule that turns logits into probabilities."""

@@ -1,0 +1,1 @@
+"""Inference below training: the Segmenter, reading scans and the ``lgg-predict`` command."""

@@ -1,0 +1,1 @@
+"""The ``prepare`` stage: validate the raw tree, the reference preprocessing, the patient split."""

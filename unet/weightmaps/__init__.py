@@ -1,0 +1,1 @@
+"""The ``weightmaps`` stage: the U-Net paper's distance-transform weight maps."""
