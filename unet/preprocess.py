@@ -1,13 +1,40 @@
 """The reference per-volume preprocessing, and its inverse for predictions.
 
-Forward (mateuszbuda/brain-segmentation-pytorch, per patient volume):
-zero voxels under ``crop_threshold`` of the volume max, crop rows/columns to the non-zero box,
-pad to a square, resize every slice to ``size`` (image spline order 2, mask order 0), clip to the
-volume's 10th-99th percentile, z-score each channel over the volume.
+Forward, as in mateuszbuda/brain-segmentation-pytorch (``dataset.py`` with ``crop_sample``,
+``pad_sample``, ``resize_sample`` and ``normalize_volume`` of ``utils.py``), per patient volume:
 
-Unlike the reference we keep every slice (no z-crop, first and last slices kept), so that a
-prediction maps back slice for slice onto the original stack; ``Geometry`` records what
-``to_original`` needs to undo the crop, pad and resize.
+1. The *statistics slices*.  The reference reads a patient without its first and last slice;
+   we take every statistic below over those interior slices (all slices when there are fewer
+   than 3).  The reference then z-crops to the contiguous run of slices holding signal after
+   step 2, before it resizes and normalises, so the range clip and the normalisation
+   statistics use that run only; we do the same.
+2. Voxels under ``crop_threshold`` x the interior slices' max are set to 0 (on every slice).
+3. Rows and columns are cropped to the box of non-zero voxels on the statistics slices
+   (the whole image when there are none), then padded with zeros to a square (floor/ceil split).
+4. Every channel plane is resized to ``size`` x ``size`` (spline order 2, zero outside,
+   no anti-aliasing) and the result clipped once to the statistics slices' [min, max] before
+   the resize -- what the reference's single ``resize`` call of the whole volume clips to
+   (widened to 0 the way ``skimage`` does when no voxel was 0).  The mask is resized with
+   order 0.
+5. Values are clipped to the ``clip_percentiles`` (10th, 99th) of the statistics slices
+   (all channels pooled) and scaled to [0, 1], then each channel is z-scored with the mean and
+   standard deviation of the statistics slices.
+
+Where we still differ from the reference:
+
+- We keep and return every slice (no z-crop, first and last slices kept), so that a prediction
+  maps back slice for slice onto the original stack; the slices the reference drops get the
+  same threshold, crop, clip and z-score as the others, computed without them.
+  ``Geometry`` records what ``to_original`` needs to undo the crop, pad and resize.
+- One 2-D resize per channel plane instead of one 3-D resize of the volume (the same values to
+  rounding: the 3-D spline samples the slice and channel axes at their own knots, five times
+  slower), in float32 instead of float64 and on the 0-255 scale instead of 0-1 (the z-scores
+  do not depend on the scale; the output matches the reference's to ~1e-6).
+- Volumes the reference cannot handle get a fallback: fewer than 3 slices (statistics over
+  all of them), no voxel above the threshold (whole image kept, no z-crop) and equal
+  percentiles (all zeros); a zero standard deviation divides by 1.
+- ``statistics="all"`` takes the statistics over every slice with no z-crop instead (not the
+  reference; for comparison).
 """
 
 from __future__ import annotations
@@ -17,8 +44,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from skimage.transform import resize
 
-CHANNELS = ("pre", "flair", "post")
-FLAIR = 1
+from unet.io.kaggle import CHANNELS, FLAIR
+
 
 
 @dataclass(frozen=True)
@@ -48,10 +75,16 @@ class Geometry:
 
 def crop_box(volume: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
     """Rows/columns holding any voxel at or above ``threshold`` x the volume max (whole image if none)."""
-    # (S, H, W, C) -> (H, W): is any slice/channel bright here?
-    bright = (volume >= threshold * volume.max()).any(axis=(0, 3)) if volume.max() > 0 else None
-    if bright is None or not bright.any():
-        return 0, volume.shape[1], 0, volume.shape[2]
+    peak = volume.max()
+    return signal_box(volume >= threshold * peak if peak > 0 else np.zeros(volume.shape, bool))
+
+
+def signal_box(signal: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the rows/columns where an (S, H, W, C) volume is non-zero (all if nowhere)."""
+    # (S, H, W, C) -> (H, W): is any slice/channel non-zero here?
+    bright = signal.any(axis=(0, 3))
+    if not bright.any():
+        return 0, signal.shape[1], 0, signal.shape[2]
     rows = np.flatnonzero(bright.any(axis=1))
     cols = np.flatnonzero(bright.any(axis=0))
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
@@ -64,6 +97,26 @@ def square_padding(height: int, width: int) -> tuple[int, int, int, int]:
     return (before, after, 0, 0) if height < width else (0, 0, before, after)
 
 
+STATISTICS = ("reference", "all")
+
+
+def statistics_slices(signal: np.ndarray, statistics: str = "reference") -> slice:
+    """The slices whose statistics preprocess every slice, from the (S, ...) thresholded volume.
+
+    ``"reference"``: the interior slices (all when fewer than 3), narrowed to the contiguous run
+    of them holding any non-zero voxel (the reference's z-crop; no narrowing when none does).
+    ``"all"``: every slice.
+    """
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+    n = signal.shape[0]
+    if statistics == "all":
+        return slice(0, n)
+    lo, hi = (1, n - 1) if n >= 3 else (0, n)
+    held = np.flatnonzero(signal[lo:hi].reshape(hi - lo, -1).any(axis=1))
+    return slice(lo + int(held[0]), lo + int(held[-1]) + 1) if held.size else slice(lo, hi)
+
+
 def preprocess_volume(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -71,51 +124,84 @@ def preprocess_volume(
     size: int,
     crop_threshold: float = 0.1,
     clip_percentiles: tuple[float, float] = (10.0, 99.0),
+    statistics: str = "reference",
 ) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
     """(S, H, W, 3) uint8 image and (S, H, W) 0/1 mask (or None, for inference) ->
-    float32 (S, size, size, 3), uint8 (S, size, size) mask (or None) and the geometry."""
+    float32 (S, size, size, 3), uint8 (S, size, size) mask (or None) and the geometry.
+
+    Every slice is returned; the statistics come from ``statistics_slices`` (module docstring).
+    """
     if image.ndim != 4 or image.shape[-1] != 3 or (mask is not None and image.shape[:3] != mask.shape):
         shapes = f"{image.shape}" + ("" if mask is None else f" and {mask.shape}")
         raise ValueError(f"expected image (S, H, W, 3) and mask (S, H, W) of the same S, H, W; got {shapes}")
-    volume = image.astype(np.float32)
-    volume[volume < crop_threshold * volume.max()] = 0.0
-    y0, y1, x0, x1 = crop_box(volume, crop_threshold)
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+    n = image.shape[0]
+    interior = slice(1, n - 1) if statistics == "reference" and n >= 3 else slice(0, n)
+    # a float64 threshold compared with the integers, exactly as the reference does on its uint8 volume
+    limit = crop_threshold * float(image[interior].max())
+    signal = (image >= limit) & (image > 0)  # what survives the zeroing, non-zero
+    keep = statistics_slices(signal, statistics)
+    y0, y1, x0, x1 = signal_box(signal[keep])
     top, bottom, left, right = square_padding(y1 - y0, x1 - x0)
     geometry = Geometry(
         image.shape[1], image.shape[2], y0, y1, x0, x1, top, bottom, left, right, size
     )
-    volume = np.pad(volume[:, y0:y1, x0:x1], ((0, 0), (top, bottom), (left, right), (0, 0)))
-    volume = np.stack([_resize_planes(s, size) for s in volume])
+    pad = ((0, 0), (top, bottom), (left, right))
+    cropped = np.where(signal[:, y0:y1, x0:x1], image[:, y0:y1, x0:x1], 0).astype(np.float32)
+    cropped = np.pad(cropped, pad + ((0, 0),))
+    volume = _resize_planes(cropped, size)
+    low, high = float(cropped[keep].min()), float(cropped[keep].max())
+    if low > 0 and volume[keep].min() <= 0 <= volume[keep].max():
+        low = 0.0  # skimage's clip keeps its cval (0) when the output reaches it
+    np.clip(volume, low, high, out=volume)
     out_mask = None
     if mask is not None:
-        cropped_mask = np.pad(mask[:, y0:y1, x0:x1], ((0, 0), (top, bottom), (left, right)))
+        cropped_mask = np.pad(mask[:, y0:y1, x0:x1], pad)
         out_mask = np.stack(
             [resize(m, (size, size), order=0, mode="constant", cval=0, anti_aliasing=False, preserve_range=True)
              for m in cropped_mask]
         ).astype(np.uint8)
-    return normalise(volume, clip_percentiles), out_mask, geometry
+    return normalise(volume, clip_percentiles, keep), out_mask, geometry
 
 
-def _resize_planes(image: np.ndarray, size: int) -> np.ndarray:
-    """(h, w, C) -> (size, size, C), order-2 spline per channel plane (the reference's resize order).
+def _resize_planes(volume: np.ndarray, size: int) -> np.ndarray:
+    """(S, h, w, C) float32 -> (S, size, size, C): an order-2 spline resize of each 2-D channel plane.
 
-    One 2-D resize per channel: a 3-D resize would also run the spline prefilter along the
-    channel axis, five times slower for the same values (to 2e-4, from the boundary handling).
+    The reference resizes the whole volume in one 3-D call; its spline samples the slice and
+    channel axes at their own knots, so the values are the same (to rounding), five times slower.
+    Each plane is resized with ``clip=False``: skimage would otherwise clip every plane to its own
+    range, where the reference's one call clips to the volume's -- the caller clips once instead.
     """
-    return np.stack(
-        [resize(image[..., c], (size, size), order=2, mode="constant", cval=0, anti_aliasing=False)
-         for c in range(image.shape[-1])], axis=-1,
-    ).astype(np.float32)
+    out = np.empty((volume.shape[0], size, size, volume.shape[-1]), np.float32)
+    for k in range(volume.shape[0]):
+        for c in range(volume.shape[-1]):
+            out[k, ..., c] = resize(
+                volume[k, ..., c], (size, size), order=2, mode="constant", cval=0,
+                anti_aliasing=False, clip=False,
+            )
+    return out
 
 
-def normalise(volume: np.ndarray, clip_percentiles: tuple[float, float]) -> np.ndarray:
-    """Clip to the volume's percentiles, scale to [0, 1], then z-score each channel over the volume."""
-    low, high = np.percentile(volume, clip_percentiles)
-    scaled = np.clip(volume, low, high)
-    scaled = (scaled - low) / (high - low) if high > low else np.zeros_like(scaled)
-    mean = scaled.mean(axis=(0, 1, 2))
-    std = scaled.std(axis=(0, 1, 2))
-    return ((scaled - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+def normalise(
+    volume: np.ndarray, clip_percentiles: tuple[float, float], statistics: slice = slice(None)
+) -> np.ndarray:
+    """Clip to the percentiles of ``volume[statistics]``, scale to [0, 1], then z-score each channel
+    with the mean and standard deviation of ``volume[statistics]`` (all slices by default)."""
+    low, high = (float(v) for v in np.percentile(volume[statistics], clip_percentiles))
+    scaled = np.clip(volume, low, high, dtype=np.float32)
+    if high > low:
+        scaled -= low
+        scaled /= high - low
+    else:
+        scaled[...] = 0.0
+    # float64 accumulators: a float32 sum over the slice, row and column axes (channels last)
+    # adds row by row, with errors of ~1e-3 on a 256 x 256 volume
+    mean = scaled[statistics].mean(axis=(0, 1, 2), dtype=np.float64)
+    std = scaled[statistics].std(axis=(0, 1, 2), dtype=np.float64)
+    scaled -= mean.astype(np.float32)
+    scaled /= np.where(std > 0, std, 1.0).astype(np.float32)
+    return scaled
 
 
 def to_original(prediction: np.ndarray, geometry: Geometry, *, order: int = 1) -> np.ndarray:
