@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DVC_NO_ANALYTICS := 1
+# Prefect's and DVC's analytics are off in flows/__init__.py (every stage imports it; so does the
+# Prefect server `make ui` starts, through PREFECT below); plain dvc commands read .dvc/config's
+# core.analytics = false.
+PREFECT := $(BIN)/python -c "import flows; import sys; from prefect.cli import app; sys.argv[0] = 'prefect'; app()"
 
 .PHONY: install test demo clean ui ui-stop serve
 
@@ -65,7 +67,7 @@ endef
 
 ui: $(STAMP)
 	@mkdir -p $(UI_DIR) && echo '*' > $(UI_DIR)/.gitignore
-	$(call ui_start,prefect,$(PREFECT_UI)/api/health,$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT))
+	$(call ui_start,prefect,$(PREFECT_UI)/api/health,$(PREFECT) server start --host 127.0.0.1 --port $(PREFECT_PORT))
 	$(call ui_start,mlflow,$(MLFLOW_UI)/health,env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
 		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--artifacts-destination $(CURDIR)/mlartifacts)

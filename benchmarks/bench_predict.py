@@ -33,11 +33,13 @@ from unet.models.checkpoint import save_checkpoint
 from unet.predict.segmenter import Segmenter, predict_prepared
 from unet.metrics import postprocess
 from unet.models.unet import build_model
-from unet.predict.cli import CPU_BATCH, N_OVERLAYS, PredictOptions, load_segmenter, predict, summarise, write_outputs
-from unet.predict.scan import overlay_slices, read_scan
+from unet.predict.segmenter import CPU_BATCH
+from unet.predict.cli import N_OVERLAYS, PredictOptions, load_segmenter, predict, summarise, write_outputs
+from unet.metrics import most_tumour_slices
+from unet.predict.scan import read_scan
 from unet.preprocess import to_original
 from unet.download.synthetic import write_synthetic_dataset
-from unet.train.loop import cpu_has_bf16
+from unet.device import cpu_has_bf16
 
 GOAL_S = 5.0
 
@@ -98,7 +100,7 @@ def main() -> None:
             r, lambda: predict_prepared(seg.model, prepared, seg.device, batch_size=seg.batch_size))
         stages["back to input grid"], full = best_of(r, lambda: to_original(probs, geometry, order=1))
         stages["threshold + largest component"], mask = best_of(r, lambda: postprocess(np.clip(full, 0, 1)))
-        shown = overlay_slices(mask, N_OVERLAYS)
+        shown = most_tumour_slices(mask, count=N_OVERLAYS)
         overlays = {f"overlays/slice_{scan.slice_numbers[k]:03d}.png": k for k in shown}
         summ = summarise(scan, mask, seg, options, list(overlays), [])
         stages[f"write NIfTI + {len(overlays)} overlays + summary"], _ = best_of(

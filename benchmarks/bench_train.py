@@ -27,7 +27,8 @@ from unet.train.data import SliceArrays
 from unet.train.loader import CpuBatches, DeviceBatches
 from unet.train.losses import CombinedLoss, soft_dice_loss
 from unet.models.unet import build_model
-from unet.train.loop import cpu_has_bf16, train_one_epoch
+from unet.device import cpu_has_bf16
+from unet.train.loop import train_one_epoch
 from unet.transforms.batch import AugmentParams
 
 

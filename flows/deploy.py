@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.error
-import urllib.request
 
 from flows.pipeline import pipeline_flow
+from tasks.experiment import check_server
+from unet.errors import InputError, UserError
 
 # name -> (description, default parameters)
 DEPLOYMENTS: dict[str, tuple[str, dict]] = {
@@ -39,24 +39,12 @@ def deployments(names: list[str] | None = None) -> list:
 
     unknown = sorted(set(names or []) - set(DEPLOYMENTS))
     if unknown:
-        raise ValueError(f"no deployment {', '.join(unknown)}; there are {', '.join(DEPLOYMENTS)}")
+        raise InputError(f"no deployment {', '.join(unknown)}; there are {', '.join(DEPLOYMENTS)}")
     return [
         pipeline_flow.to_deployment(name, description=description, parameters=parameters, tags=TAGS,
                                     entrypoint_type=EntrypointType.MODULE_PATH)
         for name, (description, parameters) in DEPLOYMENTS.items() if not names or name in names
     ]
-
-
-def check_server(api_url: str | None) -> str:
-    """The API must be a server that stays up: runs started from its UI are what this serves."""
-    if not api_url:
-        raise RuntimeError("PREFECT_API_URL is not set: start a server (make ui) and "
-                           "export PREFECT_API_URL=http://127.0.0.1:4200/api")
-    try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=5):
-            return api_url
-    except (urllib.error.URLError, OSError) as exc:
-        raise RuntimeError(f"no Prefect server answers at {api_url} ({exc}): start one with make ui") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_server(PREFECT_API_URL.value())
         served = deployments(args.only)
-    except (RuntimeError, ValueError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     serve(*served, limit=args.limit)

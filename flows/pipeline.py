@@ -1,194 +1,24 @@
 """The whole DAG as one Prefect flow: a DVC experiment, so dvc.lock, the DVC cache and MLflow agree.
 
-``pipeline_flow`` turns its parameters into ``dvc exp run -S key=value ... [targets]`` and runs it
-from the repository root (this flow is not itself a DVC stage, so calling the dvc CLI is right
-here). DVC then runs each stage as ``python -m flows.<stage>``; their output streams into this
-run's logs. The overrides are checked against the typed config (``unet.config``) first, so a bad
-value stops the run before DVC starts. The stage flows stay importable for in-process use
-(``flows.prepare.prepare_flow(config)`` and so on).
+``pipeline_flow`` runs ``dvc exp run -S key=value ... [targets]`` in this repository (no parameter
+names another folder); DVC runs each stage as ``python -m flows.<stage>``, their output streams
+into this run's logs. Overrides are checked against the typed config first (``tasks.experiment``).
 
-    python -m flows.pipeline                                  # dvc exp run, params.yaml as it is
-    python -m flows.pipeline -S train.epochs=3 -S train.lr=3e-4 --name short-run
-    python -m flows.pipeline --repro augment                  # dvc repro up to augment
+    python -m flows.pipeline -S train.epochs=3 -S train.lr=3e-4 --name short-run   # or --repro augment
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import subprocess
 import sys
-import time
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from prefect import flow, get_run_logger
 
+from tasks import experiment
 from tasks.reports import pipeline_report, publish
-from unet.config import ConfigError, PipelineConfig, parse_config
-
+from unet.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = "params.yaml"
-TAIL_LINES = 40
-KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
-# the typed parameters a user sees in the UI, and the params.yaml key each one sets
-TYPED = {
-    "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
-    "image_size": "prepare.image_size", "data_source": "data.source", "data_path": "data.path",
-    "model_variant": "model.variant", "device": "train.device",
-}
-RAN = re.compile(r"Running stage '([^']+)'")
-REUSED = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
-EXPERIMENT = re.compile(r"Ran experiment\(s\): (\S+)")
-
-
-def collect_overrides(typed: Mapping[str, object], overrides: Mapping[str, str] | None) -> dict[str, str]:
-    """The typed parameters that are set, as ``key: value`` text, merged with the free-form ones."""
-    merged = {str(k): str(v) for k, v in (overrides or {}).items()}
-    for name, value in typed.items():
-        if value is None:
-            continue
-        key, text = TYPED[name], str(value)
-        if key in merged and merged[key] != text:
-            raise ConfigError(f"{name}={text} and overrides {key}={merged[key]} disagree; give one of them")
-        merged[key] = text
-    return merged
-
-
-def _set(raw: dict, key: str, value: object) -> str | None:
-    """Put ``value`` at dotted ``key`` in ``raw``; the key must exist (as ``dvc exp run -S`` wants)."""
-    *path, leaf = key.split(".")
-    node, seen = raw, []
-    for part in path:
-        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-            where = ".".join(seen) or "params.yaml"
-            keys = ", ".join(k for k, v in node.items() if isinstance(v, dict)) if isinstance(node, dict) else ""
-            return f"  {key}: {where} has no section {part!r}; sections: {keys}"
-        node, seen = node[part], [*seen, part]
-    if leaf not in node:
-        return f"  {key}: unknown key; {'.'.join(seen)} has {', '.join(node)}"
-    node[leaf] = value
-    return None
-
-
-def validate_overrides(params_path: Path, overrides: Mapping[str, str]) -> PipelineConfig:
-    """params.yaml with the overrides applied as DVC applies ``-S`` (Hydra syntax), then typed-checked.
-
-    Raises ConfigError naming every bad key/value and the fix, before anything runs.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    raw = yaml.safe_load(params_path.read_text()) or {}
-    parser, errors = OverridesParser.create(), []
-    for key, text in overrides.items():
-        if not KEY.match(key):
-            errors.append(f"  {key!r}: not a dotted params key; write section.key, e.g. train.epochs")
-            continue
-        try:
-            override = parser.parse_override(f"{key}={text}")
-        except HydraException as exc:
-            errors.append(f"  {key}={text}: DVC cannot parse the value ({str(exc).splitlines()[0]}); "
-                          f"quote it: {key}='{text}'")
-            continue
-        if override.is_sweep_override():
-            errors.append(f"  {key}={text}: a sweep of several values; give one value (quote commas: '{text}')")
-            continue
-        if problem := _set(raw, key, override.value()):
-            errors.append(problem)
-    if errors:
-        raise ConfigError(f"{params_path} with the run's overrides has {len(errors)} invalid key(s):\n"
-                          + "\n".join(errors))
-    return parse_config(raw, source=f"{params_path} with the run's overrides")
-
-
-def check_targets(dvc_yaml: Path, targets: list[str]) -> None:
-    stages = list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
-    unknown = [t for t in targets if t not in stages]
-    if unknown:
-        raise ConfigError(f"{dvc_yaml}: no stage {', '.join(map(repr, unknown))}; stages: {', '.join(stages)}")
-
-
-def build_command(mode: str, overrides: Mapping[str, str], targets: list[str], name: str | None = None,
-                  force: bool = False) -> list[str]:
-    """``dvc exp run [--name N] [-f] -S k=v ... [targets]`` or ``dvc repro [-f] [targets]``."""
-    dvc = [sys.executable, "-m", "dvc"]
-    if mode == "experiment":
-        return [*dvc, "exp", "run", *(["--name", name] if name else []), *(["--force"] if force else []),
-                *(arg for k, v in overrides.items() for arg in ("-S", f"{k}={v}")), *targets]
-    if mode == "repro":
-        if name:
-            raise ConfigError(f"experiment_name {name!r} needs mode 'experiment'; 'repro' records no experiment")
-        return [*dvc, "repro", *(["--force"] if force else []), *targets]
-    raise ConfigError(f"mode {mode!r}: use 'experiment' (dvc exp run) or 'repro' (dvc repro)")
-
-
-def api_url() -> str | None:
-    """The Prefect API this process talks to, also the temporary one, so the stages share it."""
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
-
-    if url := PREFECT_API_URL.value():
-        return url
-    server = SubprocessASGIServer()
-    return server.api_url if server.running else None
-
-
-def dvc_env() -> dict[str, str]:
-    """This environment for DVC and its stages: the venv first on PATH, unbuffered output, same API."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}  # this run's private ids
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    if url := api_url():
-        env["PREFECT_API_URL"] = url
-    return env
-
-
-@dataclass
-class DvcResult:
-    returncode: int
-    tail: deque = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-    ran: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
-    experiment: str | None = None
-
-
-def run_dvc(command: list[str], cwd: Path, log) -> DvcResult:
-    """Run DVC, every output line into ``log``; what ran is read from DVC's own messages."""
-    result = DvcResult(returncode=-1)
-    with subprocess.Popen(command, cwd=cwd, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as process:
-        for line in process.stdout:
-            line = line.rstrip()
-            if not line:
-                continue
-            log(line)
-            result.tail.append(line)
-            for pattern, found in ((RAN, result.ran), (REUSED, result.reused)):
-                if (match := pattern.search(line)) and match.group(1) not in found:
-                    found.append(match.group(1))
-            if match := EXPERIMENT.search(line):
-                result.experiment = match.group(1).rstrip(",")
-    result.returncode = process.returncode
-    return result
-
-
-def stage_metrics(repo: Path, config: PipelineConfig, ran: list[str]) -> dict[str, float]:
-    """The headline numbers of the train and evaluate stages, when they ran."""
-    found = {}
-    if "train" in ran and (path := repo / config.train.metrics_dir / "train.json").is_file():
-        found["best val DSC"] = json.loads(path.read_text())["best_val_dsc"]
-    if "evaluate" in ran and (path := repo / config.evaluate.out_dir / "eval.json").is_file():
-        metrics = json.loads(path.read_text())
-        found[f"{metrics['split']} DSC mean"] = metrics["dsc_mean"]
-    return found
 
 
 @flow(name="lgg-pipeline", log_prints=True)
@@ -206,7 +36,6 @@ def pipeline_flow(
     mode: Literal["experiment", "repro"] = "experiment",
     experiment_name: str | None = None,
     force: bool = False,
-    repo: str | None = None,
 ) -> dict:
     """Run the DVC pipeline (default: every stage) as a DVC experiment in the workspace.
 
@@ -224,55 +53,24 @@ def pipeline_flow(
         mode: 'experiment' (dvc exp run -S ...) or 'repro' (write the overrides into params.yaml, dvc repro)
         experiment_name: the experiment's name in dvc exp show (experiment mode); empty: DVC picks one
         force: rerun the stages even when nothing they depend on changed
-        repo: the DVC repository; empty: the one this code lives in
     """
-    logger = get_run_logger()
-    root = Path(repo) if repo else REPO
-    typed = dict(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, data_source=data_source,
-                 data_path=data_path, model_variant=model_variant, device=device)
-    sets = collect_overrides(typed, overrides)
-    config = validate_overrides(root / PARAMS, sets)
-    targets = list(targets or [])
-    check_targets(root / "dvc.yaml", targets)
-    command = build_command(mode, sets, targets, experiment_name, force)
-    if mode == "repro" and sets:
-        from dvc.utils.hydra import apply_overrides
-
-        apply_overrides(root / PARAMS, [f"{k}={v}" for k, v in sets.items()])
-    logger.info("in %s: %s", root, " ".join(["dvc", *command[3:]]))
-    start = time.monotonic()
-    result = run_dvc(command, root, logger.info)
-    summary = {
-        "mode": mode, "command": ["dvc", *command[3:]], "repo": str(root), "overrides": sets,
-        "experiment": result.experiment, "ran": result.ran, "reused": result.reused,
-        "seconds": time.monotonic() - start, "status": "ok" if result.returncode == 0 else "failed",
-        "metrics": stage_metrics(root, config, result.ran) if result.returncode == 0 else {},
-    }
+    sets = experiment.collect_overrides(dict(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
+                                             data_source=data_source, data_path=data_path,
+                                             model_variant=model_variant, device=device), overrides)
+    config = experiment.validate_overrides(REPO / "params.yaml", sets)
+    summary = experiment.run_experiment(REPO, config, sets, list(targets or []), mode=mode, name=experiment_name,
+                                        force=force, log=get_run_logger().info)
     publish("lgg-pipeline", pipeline_report(summary), description=f"lgg-pipeline: {summary['status']}")
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(summary['command'])} failed (exit {result.returncode}); "
-                           f"its last lines:\n" + "\n".join(result.tail))
+    experiment.check_finished(summary)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("targets", nargs="*", help="stages to run (and what they depend on); default: all")
-    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key, as dvc exp run -S does")
-    parser.add_argument("--repro", action="store_true", help="dvc repro instead of dvc exp run")
-    parser.add_argument("--name", help="the experiment's name")
-    parser.add_argument("--force", action="store_true", help="rerun stages even if nothing changed")
-    args = parser.parse_args(argv)
-    bad = [s for s in args.set_param if "=" not in s]
-    if bad:
-        parser.error(f"-S {bad[0]!r}: write KEY=VALUE, e.g. -S train.epochs=3")
-    overrides = dict(s.split("=", 1) for s in args.set_param)
+    args = experiment.parse_cli(argv, __doc__)
     try:
-        validate_overrides(REPO / PARAMS, overrides)  # here too: a typo fails before a Prefect run starts
-        pipeline_flow(overrides=overrides, targets=args.targets, mode="repro" if args.repro else "experiment",
-                      experiment_name=args.name, force=args.force)
-    except (ConfigError, RuntimeError) as exc:
+        experiment.validate_overrides(REPO / "params.yaml", args["overrides"])  # before a Prefect run starts
+        pipeline_flow(**args)
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from flows.common import stage_main
 from tasks.tracking import tracking_uri
 from unet.config import PipelineConfig
+from unet.io.layout import read_summary
 
 
 def run(config: PipelineConfig) -> dict:
-    evaluation = json.loads((config.evaluate.out_dir / "eval.json").read_text())
-    registry = json.loads((config.registry.out_dir / "registry.json").read_text())
-    train = json.loads((config.train.metrics_dir / "train.json").read_text())
+    evaluation = read_summary(config.evaluate.metrics_path, "evaluate")
+    registry = read_summary(config.registry.record_path, "register")
+    train = read_summary(config.train.metrics_path, "train")
     print(f"\nbest validation DSC {train['best_val_dsc']:.3f} (epoch {train['best_epoch']} of {train['epochs']}, "
           f"{train['device']})")
     print(f"{evaluation['split']} split, {evaluation['n_volumes']} patients, at the original geometry: per-volume DSC "

@@ -25,6 +25,8 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import Schema, TensorSpec
 
+from unet.errors import InputError
+
 MODEL_NAME = "model"  # the model's name in its run
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),  # (N, H, W, RGB): any N and size
@@ -56,7 +58,7 @@ def as_slices(model_input) -> np.ndarray:
     images = np.asarray(model_input)
     if images.dtype != np.uint8:
         if not np.issubdtype(images.dtype, np.integer) or images.size and (images.min() < 0 or images.max() > 255):
-            raise ValueError(f"expected uint8 slices (0..255) as read from the TIFFs, got {images.dtype} values; "
+            raise InputError(f"expected uint8 slices (0..255) as read from the TIFFs, got {images.dtype} values; "
                              "pass the raw slices, not normalised ones")
         images = images.astype(np.uint8)
     return images
@@ -69,7 +71,7 @@ def requirements() -> list[str]:
 
 def example_slices(manifest: pd.DataFrame, count: int = 4) -> np.ndarray:
     """``count`` consecutive raw slices around the largest tumour of a validation (else test) patient."""
-    from unet.prepare.raw import read_image
+    from unet.io.kaggle import read_image
 
     part = next((p for p in ("val", "test", "train") if (manifest["split"] == p).any()))
     rows = manifest[manifest["split"] == part]

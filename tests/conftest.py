@@ -12,8 +12,7 @@ import tifffile
 
 # Prefect keeps its state under PREFECT_HOME: give the test session its own, before prefect imports.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+import flows  # noqa: E402,F401  (switches off Prefect's and DVC's analytics, for this process and its children)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # every MLflow run of the test session goes to a throw-away store, never the repo's mlflow.db
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='mlflow-')}/mlflow.db"

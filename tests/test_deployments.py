@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from flows import pipeline
+from tasks import experiment
 from flows.deploy import DEPLOYMENTS, deployments
 from tasks.reports import prepare_report, publish, table
 from unet.config import ConfigError
@@ -47,7 +48,7 @@ PARAMS = REPO / "params.yaml"
 ])
 def test_a_bad_override_names_key_value_and_fix(overrides, message):
     with pytest.raises(ConfigError, match="with the run's overrides") as error:
-        pipeline.validate_overrides(PARAMS, overrides)
+        experiment.validate_overrides(PARAMS, overrides)
     assert message in str(error.value)
 
 
@@ -58,7 +59,7 @@ def test_a_bad_override_names_key_value_and_fix(overrides, message):
     ({"train.scheduler": "cosine"}, ("train", "scheduler"), "cosine"),
 ])
 def test_good_overrides_reach_the_typed_config(overrides, key, expected):
-    config = pipeline.validate_overrides(PARAMS, overrides)
+    config = experiment.validate_overrides(PARAMS, overrides)
     value = getattr(getattr(config, key[0]), key[1])
     assert (value.scale if key[1] == "augment" else value) == pytest.approx(expected)
 
@@ -70,12 +71,12 @@ def test_good_overrides_reach_the_typed_config(overrides, key, expected):
     ({"epochs": 3}, {"train.epochs": "3"}, {"train.epochs": "3"}),
 ])
 def test_typed_parameters_become_params_keys(typed, overrides, expected):
-    assert pipeline.collect_overrides(typed, overrides) == expected
+    assert experiment.collect_overrides(typed, overrides) == expected
 
 
 def test_a_typed_parameter_and_an_override_that_disagree_are_refused():
     with pytest.raises(ConfigError, match="epochs=3 and overrides train.epochs=4 disagree"):
-        pipeline.collect_overrides({"epochs": 3}, {"train.epochs": "4"})
+        experiment.collect_overrides({"epochs": 3}, {"train.epochs": "4"})
 
 
 @pytest.mark.parametrize("mode, overrides, targets, name, force, expected", [
@@ -85,29 +86,29 @@ def test_a_typed_parameter_and_an_override_that_disagree_are_refused():
     ("repro", {"train.epochs": "3"}, ["train"], None, False, ["repro", "train"]),
 ])
 def test_the_dvc_command(mode, overrides, targets, name, force, expected):
-    command = pipeline.build_command(mode, overrides, targets, name, force)
+    command = experiment.build_command(mode, overrides, targets, name, force)
     assert command[:3] == [sys.executable, "-m", "dvc"] and command[3:] == expected
 
 
 def test_unknown_stages_and_modes_are_refused():
     with pytest.raises(ConfigError, match="no stage 'trian'; stages: download, prepare"):
-        pipeline.check_targets(REPO / "dvc.yaml", ["trian"])
+        experiment.check_targets(REPO / "dvc.yaml", ["trian"])
     with pytest.raises(ConfigError, match="'repro' records no experiment"):
-        pipeline.build_command("repro", {}, [], "name")
+        experiment.build_command("repro", {}, [], "name")
 
 
 def test_run_dvc_streams_lines_and_reads_what_ran(tmp_path):
     script = "print('Running stage \\'prepare\\':'); print(\"Stage 'download' didn't change, skipping\"); exit(3)"
     lines = []
-    result = pipeline.run_dvc([sys.executable, "-c", script], tmp_path, lines.append)
+    result = experiment.run_dvc([sys.executable, "-c", script], tmp_path, lines.append)
     assert result.returncode == 3 and len(lines) == 2
     assert (result.ran, result.reused, list(result.tail)) == (["prepare"], ["download"], lines)
 
 
 def test_a_bad_value_fails_the_flow_run_before_dvc_starts(prefect_api, monkeypatch):
     started = []
-    monkeypatch.setattr(pipeline, "run_dvc", lambda *args: started.append(args))
-    state = pipeline.pipeline_flow(epochs=-3, overrides={"data.source": "s3"}, repo=str(REPO), return_state=True)
+    monkeypatch.setattr(experiment, "run_dvc", lambda *args: started.append(args))
+    state = pipeline.pipeline_flow(epochs=-3, overrides={"data.source": "s3"}, return_state=True)
     assert state.is_failed() and not started
     with pytest.raises(ConfigError) as error:
         state.result()
@@ -117,7 +118,7 @@ def test_a_bad_value_fails_the_flow_run_before_dvc_starts(prefect_api, monkeypat
 def fake_dvc(returncode: int, lines: list[str], calls: list):
     def run(command, cwd, log):
         calls.append(command)
-        result = pipeline.DvcResult(returncode=returncode, ran=["train"])
+        result = experiment.DvcResult(returncode=returncode, ran=["train"])
         result.tail.extend(lines)
         return result
     return run
@@ -127,17 +128,18 @@ def test_repro_mode_writes_the_overrides_into_params_yaml_keeping_its_comments(t
     for name in ("params.yaml", "dvc.yaml"):
         (tmp_path / name).write_bytes((REPO / name).read_bytes())
     calls = []
-    monkeypatch.setattr(pipeline, "run_dvc", fake_dvc(0, [], calls))
+    monkeypatch.setattr(experiment, "run_dvc", fake_dvc(0, [], calls))
+    monkeypatch.setattr(pipeline, "REPO", tmp_path)  # a copy: the real params.yaml stays as it is
     summary = pipeline.pipeline_flow(epochs=2, overrides={"train.scheduler": "cosine"}, targets=["train"],
-                                     mode="repro", repo=str(tmp_path))
+                                     mode="repro")
     assert calls[0][3:] == ["repro", "train"] and summary["ran"] == ["train"]
     text = (tmp_path / "params.yaml").read_text()
     assert "epochs: 2 " in text and "scheduler: cosine " in text and "# the reference trains 100" in text
 
 
 def test_a_failing_dvc_fails_the_run_with_its_last_lines(tmp_path, prefect_api, monkeypatch):
-    monkeypatch.setattr(pipeline, "run_dvc", fake_dvc(1, ["Running stage 'train':", "ERROR: boom"], []))
-    state = pipeline.pipeline_flow(repo=str(REPO), return_state=True)
+    monkeypatch.setattr(experiment, "run_dvc", fake_dvc(1, ["Running stage 'train':", "ERROR: boom"], []))
+    state = pipeline.pipeline_flow(return_state=True)
     assert state.is_failed()
     with pytest.raises(RuntimeError, match="dvc exp run failed \\(exit 1\\); its last lines:\nRunning stage 'train':\nERROR: boom"):
         state.result()

@@ -13,8 +13,10 @@ from torch import nn
 from unet.config import PrepareConfig, SplitConfig
 from unet.evaluate.scores import evaluate_patient, json_safe, per_patient_table, split_metrics
 from unet.metrics import volume_scores
-from unet.evaluate.overlay import overlay_figure, tumour_slices
-from unet.prepare.stage import load_patient_arrays, prepare_dataset
+from unet.evaluate.overlay import overlay_figure
+from unet.metrics import most_tumour_slices
+from unet.predict.segmenter import Segmenter
+from unet.prepare.stage import prepare_dataset
 
 
 class FlairOracle(nn.Module):
@@ -35,8 +37,7 @@ def prepared(raw_tree, tmp_path):
 def test_oracle_scores_near_one_at_the_original_geometry(prepared, tta):
     manifest, config = prepared
     rows = manifest[manifest["patient"] == manifest["patient"].iloc[0]]
-    images, _ = load_patient_arrays(config.out_dir, rows["array_dir"].iloc[0])
-    result = evaluate_patient(FlairOracle(), images, rows, torch.device("cpu"), tta=tta)
+    result = evaluate_patient(Segmenter(FlairOracle(), image_size=config.image_size, tta=tta), rows)
     assert result.prediction.shape == result.truth.shape == (5, 32, 32)  # the raw 32x32 grid, every slice
     assert result.scores["dsc"] > 0.9 and result.scores["hd95"] <= 1.5
     assert result.prediction[[0, 4]].sum() == 0  # no tumour on the first and last slices
@@ -45,9 +46,8 @@ def test_oracle_scores_near_one_at_the_original_geometry(prepared, tta):
 def test_split_metrics_are_flat_and_json_safe(prepared):
     manifest, config = prepared
     results = []
-    for array_dir, rows in manifest.groupby("array_dir"):
-        images, _ = load_patient_arrays(config.out_dir, array_dir)
-        results.append(evaluate_patient(FlairOracle(), images, rows, torch.device("cpu")))
+    for _, rows in manifest.groupby("array_dir"):
+        results.append(evaluate_patient(Segmenter(FlairOracle(), image_size=config.image_size), rows))
     results[0].prediction[:] = 0  # one patient with nothing predicted: precision undefined there
     results[0].scores = {**volume_scores(results[0].prediction, results[0].truth), "dsc_no_postprocess": 0.0}
     metrics = split_metrics(results)
@@ -66,7 +66,7 @@ def test_overlay_picks_the_slices_with_most_tumour(tmp_path):
     truth[5, 2:12, 2:12] = 1
     pred = np.zeros_like(truth)
     pred[6, 4:6, 4:6] = 1
-    assert tumour_slices(pred, truth, count=2) == [2, 5]
-    assert tumour_slices(np.zeros_like(truth)) == [4]  # nothing anywhere: the middle slice
+    assert most_tumour_slices(pred, truth, count=2) == [2, 5]
+    assert most_tumour_slices(np.zeros_like(truth)) == [4]  # nothing anywhere: the middle slice
     path = overlay_figure(np.zeros((8, 16, 16, 3), np.uint8), pred, tmp_path / "o.png", truth=truth, title="P")
     assert path.stat().st_size > 1000

@@ -26,8 +26,10 @@ import pytest
 import yaml
 
 from conftest import make_raw_tree, tiny_stage_params
-from flows.register import decide, run_score
+from unet.register.decision import decide, run_score
+from tasks import evaluate as evaluate_tasks
 from tasks import tracking
+from tasks import train as train_tasks
 from unet.config import MlflowConfig, parse_config
 
 MODEL = "lgg-unet-test"
@@ -83,7 +85,7 @@ def test_tracking_uri_env_then_params_then_the_repo_sqlite(tmp_path, environ, co
     ({"split": "val", "dsc_mean": 0.7, "hd95_mean": None}, {"val_dsc_mean": 0.7}),  # reference split: no test
 ])
 def test_evaluation_metrics_are_prefixed_by_split(evaluation, expected):
-    assert tracking.evaluation_metrics(evaluation) == expected
+    assert evaluate_tasks.evaluation_metrics(evaluation) == expected
 
 
 @pytest.mark.parametrize(("version", "score", "champion", "decision"), [
@@ -118,7 +120,7 @@ def test_data_hash_from_dvc_lock_only_while_it_matches_the_folder(tmp_path, nfil
     (prepared / "summary.json").write_bytes(b"{}")
     out = {"path": "data/prepared", "md5": "0123456789abcdef0123456789abcdef.dir", "size": 10, "nfiles": nfiles}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {"prepare": {"outs": [out]}}}))
-    digest, found = tracking.prepared_data_hash(prepared, tmp_path)
+    digest, found = train_tasks.prepared_data_hash(prepared, tmp_path)
     assert found == source
     assert digest == (out["md5"] if source == "dvc.lock" else hashlib.md5(b"manifest").hexdigest())
 
@@ -134,7 +136,7 @@ def test_train_and_evaluate_log_into_one_run(tracked):
     assert run.data.params["data.path"] == "null" and run.data.params["prepare.clip_percentiles"] == "[10.0, 99.0]"
     manifest_md5 = hashlib.md5((root / "prepared/manifest.parquet").read_bytes()).hexdigest()
     assert run.data.tags["data.digest"] == manifest_md5  # prepared outside DVC: the manifest's digest
-    if commit := tracking.git_commit(tracking.repo_root()):  # pytest started inside the git checkout
+    if commit := train_tasks.git_commit(tracking.repo_root()):  # pytest started inside the git checkout
         assert run.data.tags["mlflow.source.git.commit"] == commit
     (dataset,) = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("lgg-prepared", manifest_md5)
@@ -180,7 +182,7 @@ def fake_run(root: Path, config, name: str, score: float) -> object:
     slices = np.stack([np.zeros((32, 32, 3), np.uint8)] * 2)
     info = mlflow_model.log_model(run_id, config.train.out_dir / "best.pt", slices)
     metrics_dir = root / name
-    tracking.write_run_file(metrics_dir / tracking.RUN_FILE, {"run_id": run_id, "model_uri": info.model_uri})
+    tracking.write_run_file(metrics_dir / config.train.run_path.name, {"run_id": run_id, "model_uri": info.model_uri})
     return parse_config(params_for(root, metrics_dir=name))
 
 

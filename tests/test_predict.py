@@ -19,7 +19,8 @@ from unet.models.checkpoint import save_checkpoint
 from unet.predict.segmenter import Segmenter
 from unet.models.unet import build_model
 from unet.predict.cli import main
-from unet.predict.scan import overlay_image, overlay_slices, read_scan, scale_to_uint8
+from unet.metrics import most_tumour_slices
+from unet.predict.scan import overlay_image, read_scan, scale_to_uint8
 from unet.download.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,7 +233,7 @@ BAD_INPUTS = {
     "two-channel nifti": _two_channel_nifti,
     "one 3-D nifti": _one_sequence_nifti,
     "three files, two shapes": _mismatched_channels,
-    "unreadable tif": _garbage("broken.tif", "unreadable TIFF"),
+    "unreadable tif": _garbage("broken.tif", "unreadable or truncated TIFF"),
     "unreadable nifti": _garbage("broken.nii.gz", "unreadable NIfTI"),
     "unreadable png": _garbage("broken.png", "unreadable image"),
     "unknown suffix": _garbage("scan.jpg", "unknown input type"),
@@ -336,7 +337,7 @@ def test_overlay_slices_pick_the_most_tumour_in_slice_order(areas, count, expect
     mask = np.zeros((len(areas), 4, 4), np.uint8)
     for k, area in enumerate(areas):
         mask[k].flat[:area] = 1
-    assert overlay_slices(mask, count) == expected
+    assert most_tumour_slices(mask, count=count) == expected
 
 
 def test_overlay_outlines_the_mask_in_red_on_flair():

@@ -10,7 +10,8 @@ import pytest
 
 from unet.io import nifti
 from unet.config import PrepareConfig, SplitConfig
-from unet.prepare.stage import load_patient_arrays, prepare_dataset
+from unet.io.layout import load_patient_arrays
+from unet.prepare.stage import prepare_dataset
 from unet.prepare.raw import RawDataError
 
 from conftest import make_raw_tree

@@ -14,9 +14,9 @@ from unet.train.data import SliceArrays, sampling_weights, volumes
 from unet.train.loader import CpuBatches, steps_per_epoch
 from unet.train.losses import CombinedLoss
 from unet.models.unet import build_model
-from unet.train.loop import (
-    BEST, CHECKPOINT, TrainingDiverged, check_resumable, fit, same_size_logits, select_device, train_one_epoch,
-)
+from unet.device import select_device
+from unet.models.forward import same_size_logits
+from unet.train.loop import TrainingDiverged, check_resumable, fit, train_one_epoch
 from unet.transforms.batch import AugmentParams
 
 SIZE = 32
@@ -95,18 +95,18 @@ def test_a_nan_loss_names_epoch_and_step():
 
 
 def test_fit_writes_checkpoints_that_rebuild_the_model(tmp_path):
-    arrays, config = squares(), tiny_config()
+    arrays, config = squares(), tiny_config(out_dir=tmp_path)
     model = tiny_model()
     batches = CpuBatches(arrays, batch_size=4, steps=3, tumour_share=10 / 11)
     seen = []
-    state = fit(model, batches, arrays, config, torch.device("cpu"), tmp_path, on_epoch=lambda e, m: seen.append(e))
+    state = fit(model, batches, arrays, config, torch.device("cpu"), on_epoch=lambda e, m: seen.append(e))
     assert seen == [1, 2] and state["epoch"] == 2 and len(state["history"]) == 2
-    checkpoint = load_checkpoint(tmp_path / CHECKPOINT)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["model_config"]["features"] == 4
     assert {"optimizer", "scheduler", "rng", "best_score", "train_config"} <= set(checkpoint)
-    rebuilt = model_from_checkpoint(tmp_path / BEST)
+    rebuilt = model_from_checkpoint(tmp_path / "best.pt")
     x = torch.from_numpy(arrays.images[:2].astype(np.float32))
-    best = load_checkpoint(tmp_path / BEST)
+    best = load_checkpoint(tmp_path / "best.pt")
     model.load_state_dict(best["model"])
     torch.testing.assert_close(rebuilt(x), model.eval()(x))
 
@@ -114,10 +114,10 @@ def test_fit_writes_checkpoints_that_rebuild_the_model(tmp_path):
 def test_resume_continues_after_the_last_finished_epoch(tmp_path):
     arrays = squares()
     batches = CpuBatches(arrays, batch_size=4, steps=2, tumour_share=10 / 11)
-    fit(tiny_model(), batches, arrays, tiny_config(epochs=2), torch.device("cpu"), tmp_path)
-    saved = load_checkpoint(tmp_path / CHECKPOINT)
+    fit(tiny_model(), batches, arrays, tiny_config(epochs=2, out_dir=tmp_path), torch.device("cpu"))
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
     epochs = []
-    state = fit(tiny_model(), batches, arrays, tiny_config(epochs=4), torch.device("cpu"), tmp_path,
+    state = fit(tiny_model(), batches, arrays, tiny_config(epochs=4, out_dir=tmp_path), torch.device("cpu"),
                 resume_state=saved, on_epoch=lambda e, m: epochs.append(e))
     assert epochs == [3, 4]
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
@@ -165,9 +165,10 @@ def test_asking_for_cuda_without_a_gpu_is_an_error():
 def test_paper_recipe_trains_with_sgd_and_the_weight_map_loss(tmp_path):
     arrays = squares()
     arrays.weights[:] = 3.0
-    config = tiny_config(optimizer="sgd", lr=1e-2, dice_weight=0.0, ce_weight=1.0, epochs=1, grad_clip=1.0)
+    config = tiny_config(optimizer="sgd", lr=1e-2, dice_weight=0.0, ce_weight=1.0, epochs=1, grad_clip=1.0,
+                         out_dir=tmp_path)
     batches = CpuBatches(arrays, batch_size=2, steps=2, tumour_share=10 / 11)
-    state = fit(build_model("paper", features=4, depth=2), batches, arrays, config, torch.device("cpu"), tmp_path)
+    state = fit(build_model("paper", features=4, depth=2), batches, arrays, config, torch.device("cpu"))
     (epoch,) = state["history"]
     assert math.isfinite(epoch["loss_ce"]) and "loss_dice" not in epoch
-    assert load_checkpoint(tmp_path / CHECKPOINT)["model_config"]["variant"] == "paper"
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["model_config"]["variant"] == "paper"

@@ -2,7 +2,12 @@
 
 Every knob of every stage lives in ``params.yaml`` in a section per stage; this module turns that
 file into frozen pydantic models and refuses a bad value at once, naming the key, the value and
-what is allowed. Nothing below ``flows/`` reads YAML or the environment: the models are passed down.
+what is allowed. The entry points parse it (``flows/common.py`` for the stages, ``flows/pipeline.py``
+after applying a run's overrides as DVC does) and pass the models down: nothing in ``unet/`` reads
+params.yaml or the environment. The one exception at the edge is ``tasks/tracking.py``, which
+honours MLflow's and DVC's own variables (``MLFLOW_TRACKING_URI``, ``DVC_ROOT``, ``DVC_EXP_NAME``).
+Output file names are path properties of their sections (``config.train.best_path``), the one
+place they are spelt in Python; ``dvc.yaml`` names the same files (a test checks they agree).
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from unet.errors import InputError
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """params.yaml holds a value the pipeline cannot use; the message names key, value and fix."""
 
 
@@ -123,7 +130,12 @@ class PrepareConfig(_Section):
 
     @property
     def manifest_path(self) -> Path:
+        """One row a slice: paths, tumour areas, geometry, split part, data.csv columns."""
         return self.out_dir / "manifest.parquet"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out_dir / "summary.json"
 
 
 class WeightmapConfig(_Section):
@@ -136,6 +148,11 @@ class WeightmapConfig(_Section):
     workers: PositiveInt = 2
     out_dir: Path = Path("data/weightmaps")
 
+    @property
+    def summary_path(self) -> Path:
+        """Class weights used, w0 and sigma in pixels, statistics."""
+        return self.out_dir / "weightmaps.json"
+
 
 class AugmentConfig(_Section):
     """Elastic deformation copies of the training slices."""
@@ -145,9 +162,15 @@ class AugmentConfig(_Section):
     sigma: Annotated[float, Field(ge=0.0)] = 10.0
     image_mode: Literal["bicubic", "bilinear"] = "bicubic"
     seed: int = 0
+    task_runner: Literal["threads", "processes", "dask"] = "threads"
     workers: PositiveInt = 2
     out_dir: Path = Path("data/augmented")
     preview: Path = Path("reports/augment_grid.png")
+
+    @property
+    def summary_path(self) -> Path:
+        """Copies, grid, sigma in pixels, bytes per copy."""
+        return self.out_dir / "augment.json"
 
 
 class ModelConfig(_Section):
@@ -193,7 +216,31 @@ class TrainConfig(_Section):
     resume: bool = False  # continue from out_dir/checkpoint.pt if its config matches
     seed: int = 0
     out_dir: Path = Path("models")  # checkpoint.pt, best.pt (DVC-cached)
-    metrics_dir: Path = Path("metrics")  # train.json, train_history.csv (kept in git)
+    metrics_dir: Path = Path("metrics")  # train.json, train_history.csv, mlflow_run.json (kept in git)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The last finished epoch, with optimizer and RNG state (``train.resume`` continues it)."""
+        return self.out_dir / "checkpoint.pt"
+
+    @property
+    def best_path(self) -> Path:
+        """The epoch with the best validation DSC: the model that is evaluated and registered."""
+        return self.out_dir / "best.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.metrics_dir / "train.json"
+
+    @property
+    def history_path(self) -> Path:
+        """One row an epoch, drawn by ``dvc plots``."""
+        return self.metrics_dir / "train_history.csv"
+
+    @property
+    def run_path(self) -> Path:
+        """The MLflow run id (and model URI) that evaluate and register read."""
+        return self.metrics_dir / "mlflow_run.json"
 
     @model_validator(mode="after")
     def _loss(self) -> TrainConfig:
@@ -212,12 +259,24 @@ class EvaluateConfig(_Section):
     overlays_dir: Path = Path("reports/overlays")
     overlay_patients: NonNegativeInt = 3  # the best, median and worst test patients by DSC
 
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "eval.json"
+
+    @property
+    def per_patient_path(self) -> Path:
+        return self.out_dir / "per_patient.csv"
+
 
 class RegistryConfig(_Section):
     """The register stage: the train run's model into the MLflow registry, champion if it scores better."""
 
     model_name: str = Field("lgg-unet", min_length=1)
     out_dir: Path = Path("metrics")  # registry.json: version, aliases, decision, scores
+
+    @property
+    def record_path(self) -> Path:
+        return self.out_dir / "registry.json"
 
 
 class MlflowConfig(_Section):
@@ -283,13 +342,17 @@ def parse_config(raw: dict | None, *, source: str = "params.yaml") -> PipelineCo
         raise ConfigError(f"{source} has {len(lines)} invalid value(s):\n" + "\n".join(lines)) from None
 
 
-def load_config(path: str | Path = "params.yaml") -> PipelineConfig:
-    """Read and validate params.yaml (the only place in the project that opens it)."""
+def read_params(path: str | Path = "params.yaml") -> dict:
+    """The params file as a plain mapping (not yet validated); a clear error when it is missing or not YAML."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file; run from the repository root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config(raw, source=str(path))
+
+
+def load_config(path: str | Path = "params.yaml") -> PipelineConfig:
+    """Read and validate a params file: what every stage's entry point does once."""
+    return parse_config(read_params(path), source=str(Path(path)))

@@ -313,3 +313,13 @@ def slice_dice_mean(preds, targets) -> float:
     some = total > 0
     per_slice[some] = 2 * overlap[some] / total[some]
     return float(np.mean(per_slice))
+
+
+def most_tumour_slices(*masks: np.ndarray | None, count: int = 6) -> list[int]:
+    """Indices of the ``count`` slices with the most tumour in any of the (S, H, W) masks, in slice
+    order; the middle slice when there is none (the slices an overlay shows)."""
+    given = [m for m in masks if m is not None]
+    area = sum(m.reshape(len(m), -1).sum(axis=1, dtype=np.int64) for m in given)  # signed: -area must not wrap
+    ranked = [int(k) for k in np.argsort(-area, kind="stable")[:count] if area[k] > 0]
+    return sorted(ranked) or [len(given[0]) // 2]
+

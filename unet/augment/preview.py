@@ -1,4 +1,8 @@
-"""Pictures a person looks at to see that a stage did the right thing (PNG, no screen needed)."""
+"""The augment stage's picture: a few training slices beside their first elastic copy.
+
+The slices shown are those with the most border-term pixels (touching tumour parts, where the
+weight map's separation term shows), then the largest tumour; PNG, no screen needed.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
-FLAIR = 1
+from unet.config import PipelineConfig  # noqa: E402
+from unet.io.kaggle import FLAIR  # noqa: E402
+from unet.io.layout import load_copies, load_patient_arrays, load_weight_maps, read_summary  # noqa: E402
+
+PREVIEW_SLICES = 4
+
 
 
 def _show_flair(axis, image: np.ndarray, mask: np.ndarray, title: str) -> None:
@@ -51,3 +61,35 @@ def augmentation_grid(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def preview_slices(manifest: pd.DataFrame, config: PipelineConfig, count: int = PREVIEW_SLICES) -> pd.DataFrame:
+    """Training slices worth a look: most border-term pixels (touching objects), then largest tumour."""
+    train = manifest[manifest["split"] == "train"].copy()
+    threshold = read_summary(config.weightmap.summary_path, "weightmaps")["border_threshold"]
+    border = {}
+    for array_dir in train["array_dir"].unique():
+        counts = (load_weight_maps(config.weightmap.out_dir, array_dir) > threshold).sum(axis=(1, 2))
+        border.update({(array_dir, k): int(c) for k, c in enumerate(counts)})
+    train["border"] = [border[(d, int(k))] for d, k in zip(train["array_dir"], train["index"])]
+    return train.sort_values(["border", "tumour_area_prepared"], ascending=False).head(count)
+
+
+def preview(manifest: pd.DataFrame, config: PipelineConfig, augmented: Path) -> Path:
+    """``augment.preview``: the chosen slices and their first elastic copy (in ``augmented``), with weight maps."""
+    chosen = preview_slices(manifest, config)
+    names = ("image", "mask", "weight")
+    originals: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    copies: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for array_dir, k in zip(chosen["array_dir"], chosen["index"].astype(int)):
+        image, mask = load_patient_arrays(config.prepare.out_dir, array_dir)
+        weight = load_weight_maps(config.weightmap.out_dir, array_dir)
+        for name, array, warped in zip(names, (image, mask, weight), load_copies(augmented, array_dir)):
+            originals[name].append(array[k])
+            copies[name].append(warped[0, k])
+    a = {name: np.stack(v).astype(np.float32) for name, v in originals.items()}
+    b = {name: np.stack(v).astype(np.float32) for name, v in copies.items()}
+    labels = [f"{p[:12]} #{s}" for p, s in zip(chosen["patient"], chosen["slice"])]
+    return augmentation_grid(a["image"], a["mask"], a["weight"], b["image"], b["mask"], b["weight"],
+                             config.augment.preview, labels=labels)
+

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
+from unet.errors import InputError, MissingInputError, UserError
 from unet.io.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
@@ -33,15 +34,15 @@ _DATASET_REF = re.compile(r"^[\w.-]+/[\w.-]+(/versions/\d+)?$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-class KaggleCredentialsError(RuntimeError):
+class KaggleCredentialsError(UserError, RuntimeError):
     """No usable Kaggle credentials: the user has to set some up (never retried)."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A network or server fault while talking to Kaggle: worth retrying."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(InputError):
     """An archive entry would land outside the extraction folder."""
 
 
@@ -83,14 +84,14 @@ def _shallowest_roots(top: N) -> list[N]:
 
 def _single_root(roots: list[N], where: object) -> N:
     if not roots:
-        raise ValueError(
+        raise InputError(
             f"no '{DATASET_DIR}' tree in {where}: found no folder holding {PATIENT_PREFIX}* patient "
             f"folders within {MAX_SEARCH_DEPTH} levels; point data.path at the Kaggle "
             f"'lgg-mri-segmentation' zip or at its extracted '{DATASET_DIR}' folder"
         )
     if len(roots) > 1:
         names = ", ".join(str(r) for r in roots)
-        raise ValueError(
+        raise InputError(
             f"ambiguous dataset in {where}: several folders at the same depth hold "
             f"{PATIENT_PREFIX}* patient folders ({names}); keep one and retry"
         )
@@ -103,7 +104,7 @@ def find_dataset_root(folder: Path) -> Path:
     A nested duplicate copy (as in the Kaggle zip) is deeper, so the top copy wins.
     """
     if not folder.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {folder} is not a folder; set data.path to one")
+        raise MissingInputError(f"dataset folder not found: {folder} is not a folder; set data.path to one")
     return _single_root(_shallowest_roots(folder), folder)
 
 
@@ -133,12 +134,12 @@ def _check_members(zf: zipfile.ZipFile, archive: Path) -> None:
 
 def _open_zip(archive: Path) -> zipfile.ZipFile:
     if not archive.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"archive not found: {archive}; set data.path to the zip downloaded from "
             "https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation"
         )
     if not zipfile.is_zipfile(archive):
-        raise ValueError(f"{archive} is not a zip archive; data.source 'archive' needs the zip from Kaggle")
+        raise InputError(f"{archive} is not a zip archive; data.source 'archive' needs the zip from Kaggle")
     return zipfile.ZipFile(archive)
 
 
@@ -168,7 +169,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                 try:
                     _write_member(zf, info, staging / info.filename[len(prefix):])
                 except zipfile.BadZipFile as exc:
-                    raise ValueError(f"{archive} is corrupt ({exc}); download it again") from exc
+                    raise InputError(f"{archive} is corrupt ({exc}); download it again") from exc
     logger.info("dataset ready at %s", target)
     return target
 
@@ -198,7 +199,7 @@ def use_local(folder: Path, dest: Path, *, copy: bool = True) -> Path:
         logger.info("%s already is the dataset folder; nothing to do", target)
         return target
     if not target.is_symlink() and target.resolve() in root.parents:
-        raise ValueError(f"data.path {folder} lies inside the output {target}; move the dataset elsewhere")
+        raise InputError(f"data.path {folder} lies inside the output {target}; move the dataset elsewhere")
     if copy:
         with atomic_dir(target) as staging:
             shutil.copytree(root, staging, dirs_exist_ok=True)
@@ -273,7 +274,7 @@ def _http_failure(exc: Exception, dataset: str, secrets: list[str]) -> Exception
             "key is current and that you accepted the dataset's terms on kaggle.com"
         )
     if status == 404:
-        return ValueError(f"Kaggle has no dataset {dataset!r} (HTTP 404); check data.dataset")
+        return InputError(f"Kaggle has no dataset {dataset!r} (HTTP 404); check data.kaggle_dataset")
     return DownloadError(f"downloading {dataset!r} from Kaggle failed: {detail}")
 
 
@@ -320,8 +321,8 @@ def _fetch_zip(dataset: str, folder: Path) -> Path:
 def download_kaggle(dataset: str, dest: Path) -> Path:
     """Download `owner/slug` with the user's Kaggle token and extract it to `dest/kaggle_3m`."""
     if not _DATASET_REF.match(dataset):
-        raise ValueError(
-            f"data.dataset {dataset!r} is not a Kaggle dataset reference; "
+        raise InputError(
+            f"data.kaggle_dataset {dataset!r} is not a Kaggle dataset reference; "
             "write it as 'owner/slug', e.g. 'mateuszbuda/lgg-mri-segmentation'"
         )
     dest.mkdir(parents=True, exist_ok=True)

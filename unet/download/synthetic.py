@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from unet.errors import InputError
 from unet.io.atomic import atomic_dir
 from unet.download.phantom import PhantomSpec, draw_spec, render_volume, slice_count
 
@@ -57,10 +58,10 @@ INTEGER_COLUMNS = ("miRNACluster", "COCCluster")  # never missing, so written wi
 def _check_int(name: str, value: object, lo: int, hi: int | None, meaning: str) -> int:
     """``value`` as an int in lo..hi (no upper bound when ``hi`` is None), else ValueError."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer ({meaning}), got {value!r}")
+        raise InputError(f"{name} must be an integer ({meaning}), got {value!r}")
     if int(value) < lo or (hi is not None and int(value) > hi):
         allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} is {value}: it must be {allowed} ({meaning})")
+        raise InputError(f"{name} is {value}: it must be {allowed} ({meaning})")
     return int(value)
 
 
@@ -70,7 +71,7 @@ def lgg_patient_names(n_patients: int = N_LGG_PATIENTS) -> list[str]:
     text = files("unet").joinpath("resources/lgg_patients.txt").read_text(encoding="utf-8")
     names = text.split()
     if len(names) != N_LGG_PATIENTS:
-        raise ValueError(f"unet/resources/lgg_patients.txt lists {len(names)} names, expected 110: "
+        raise InputError(f"unet/resources/lgg_patients.txt lists {len(names)} names, expected 110: "
                          "reinstall the package")
     return names[:n]
 
@@ -130,9 +131,9 @@ def _write_patient(folder: Path, images: np.ndarray, masks: np.ndarray) -> None:
 def _check_dest(dest: Path, overwrite: bool) -> None:
     if dest.is_symlink() or dest.is_file():
         if not overwrite:
-            raise ValueError(f"{dest} exists and is not a folder: remove it or pass overwrite=True")
+            raise InputError(f"{dest} exists and is not a folder: remove it or pass overwrite=True")
     elif dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise ValueError(f"{dest} is not empty: remove it or pass overwrite=True to replace it")
+        raise InputError(f"{dest} is not empty: remove it or pass overwrite=True to replace it")
 
 
 def write_synthetic_dataset(
@@ -158,7 +159,7 @@ def write_synthetic_dataset(
     image_size = _check_int("image_size", image_size, 16, MAX_IMAGE_SIZE, "pixels a side")
     seed = _check_int("seed", seed, 0, None, "a random seed")
     if not isinstance(overwrite, bool):
-        raise ValueError(f"overwrite must be True or False, got {overwrite!r}")
+        raise InputError(f"overwrite must be True or False, got {overwrite!r}")
     _check_dest(dest, overwrite)
 
     total = tumour_slices = 0

@@ -10,20 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-FLAIR = 1
-
-
-def tumour_slices(*masks: np.ndarray, count: int = 6) -> list[int]:
-    """Indices of the ``count`` slices with the most tumour in any of the masks, in slice order."""
-    area = sum(m.reshape(len(m), -1).sum(axis=1).astype(np.int64) for m in masks if m is not None)
-    ranked = [int(k) for k in np.argsort(-area, kind="stable")[:count] if area[k] > 0]
-    return sorted(ranked) or [len(area) // 2]
+from unet.io.kaggle import FLAIR  # noqa: E402
+from unet.metrics import most_tumour_slices  # noqa: E402
 
 
 def overlay_figure(images: np.ndarray, prediction: np.ndarray, path: Path, *, truth: np.ndarray | None = None,
                    slices: list[int] | None = None, title: str = "", slice_numbers: list[int] | None = None) -> Path:
     """A row of FLAIR slices (S, H, W, 3 uint8) with outlines: truth green, prediction red."""
-    slices = slices if slices is not None else tumour_slices(prediction, truth)
+    slices = slices if slices is not None else most_tumour_slices(prediction, truth)
     fig, axes = plt.subplots(1, len(slices), figsize=(2.4 * len(slices), 2.8), squeeze=False, layout="constrained")
     for axis, k in zip(axes[0], slices):
         axis.imshow(images[k][..., FLAIR], cmap="gray")

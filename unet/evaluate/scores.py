@@ -1,7 +1,7 @@
 """The ``evaluate`` stage's work: score whole patient volumes at the original 256x256 geometry.
 
-Each patient's preprocessed slices are predicted, the probabilities mapped back (un-resize,
-un-pad, un-crop) onto the original grid and compared with the original masks: per-volume DSC
+Each patient's raw slices go through the shipped model's path (``Segmenter``: preprocess,
+predict, map back onto the original grid) and are compared with the original masks: per-volume DSC
 after a 0.5 threshold and the largest 3-D component (the reference protocol), the same without
 the post-processing, IoU, precision, recall, HD95, volume difference; and, over a split, global
 Dice and Dice over tumour slices only (a mean over slices that counts correct empty slices as 1.0
@@ -16,15 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from unet.predict.segmenter import predict_prepared
-from unet.metrics import dice, global_dice, postprocess, slice_dice_mean, summarise, tumour_slice_dice, volume_scores
-from unet.preprocess import Geometry, to_original
-from unet.prepare.raw import read_mask
-
-GEOMETRY_FIELDS = tuple(Geometry.__dataclass_fields__)
+from unet.io.kaggle import read_image, read_mask
+from unet.metrics import dice, global_dice, slice_dice_mean, summarise, tumour_slice_dice, volume_scores
+from unet.predict.segmenter import Segmenter
 
 
 @dataclass
@@ -36,9 +31,9 @@ class PatientResult:
     truth: np.ndarray  # (S, H, W) uint8
 
 
-def geometry_of(rows: pd.DataFrame) -> Geometry:
-    """The crop/pad/resize record that prepare stored with every slice of a patient."""
-    return Geometry(**{name: int(rows[name].iloc[0]) for name in GEOMETRY_FIELDS})
+def original_images(rows: pd.DataFrame) -> np.ndarray:
+    """The patient's raw slices as the Kaggle tree holds them, in slice order: (S, H, W, 3) uint8."""
+    return np.stack([read_image(path) for path in rows.sort_values("index")["image_path"]])
 
 
 def original_masks(rows: pd.DataFrame) -> np.ndarray:
@@ -46,16 +41,19 @@ def original_masks(rows: pd.DataFrame) -> np.ndarray:
     return np.stack([read_mask(path) for path in rows.sort_values("index")["mask_path"]])
 
 
-def evaluate_patient(model: nn.Module, images: np.ndarray, rows: pd.DataFrame, device: torch.device, *,
-                     threshold: float = 0.5, tta: bool = False) -> PatientResult:
-    """Predict one patient's prepared slices (S, size, size, 3) and score them at the original geometry."""
+def evaluate_patient(segmenter: Segmenter, rows: pd.DataFrame) -> PatientResult:
+    """Segment one patient's raw slices as the shipped model does and score them at the original geometry.
+
+    The same path as ``lgg-predict`` and the MLflow model (``Segmenter``: preprocessing, network,
+    the way back to the input grid, threshold and largest 3-D component), so the number evaluated
+    is the model shipped.
+    """
     rows = rows.sort_values("index")
-    prepared = np.ascontiguousarray(np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2))
-    probs = np.clip(to_original(predict_prepared(model, prepared, device, tta=tta), geometry_of(rows)), 0, 1)
+    probs = segmenter.probabilities(original_images(rows))
     truth = original_masks(rows)
-    prediction = postprocess(probs, threshold=threshold)
+    prediction = segmenter.mask(probs)
     scores = volume_scores(prediction, truth)
-    scores["dsc_no_postprocess"] = dice(postprocess(probs, threshold=threshold, largest_component=False), truth)
+    scores["dsc_no_postprocess"] = dice(segmenter.mask(probs, largest_component=False), truth)
     return PatientResult(str(rows["patient"].iloc[0]), str(rows["split"].iloc[0]), scores, prediction, truth)
 
 

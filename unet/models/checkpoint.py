@@ -9,43 +9,35 @@ and ``rng`` (torch's CPU generator state), so a killed run resumes where it stop
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from unet.errors import InputError, MissingInputError
+from unet.io.atomic import atomic_file
 from unet.models.unet import build_model
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` so that a crash never leaves a truncated file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as handle:
+        torch.save(state, handle)
+    return Path(path)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (no pickled code runs); a clear error when it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint here; train a model first (dvc repro train)")
+        raise MissingInputError(f"{path}: no checkpoint here; train a model first (dvc repro train)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
-        raise ValueError(f"{path}: not a readable lgg-unet checkpoint ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: not a readable lgg-unet checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise ValueError(f"{path}: not an lgg-unet checkpoint (needs 'model' and 'model_config' entries)")
+        raise InputError(f"{path}: not an lgg-unet checkpoint (needs 'model' and 'model_config' entries)")
     return state
 
 

@@ -35,6 +35,7 @@ from unet.models.blocks import (
     paper_valid_inputs_near,
     reference_block,
 )
+from unet.models.probability import probabilities
 
 __all__ = [
     "DEFAULTS",
@@ -56,11 +57,6 @@ DEFAULTS: dict[str, dict[str, int]] = {
     "reference": {"features": 32, "out_channels": 1},
     "paper": {"features": 64, "out_channels": 2},
 }
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Sigmoid of one-channel logits, softmax over channels (dim 1) of several."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def _check_args(variant: str, in_channels: int, out_channels: int, features: int, depth: int,
@@ -200,7 +196,7 @@ class ReferenceProbabilities(nn.Module):
         self.unet = unet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.unet(x))
+        return probabilities(self.unet(x))
 
 
 def reference_state_dict_shapes() -> dict[str, list[int]]:

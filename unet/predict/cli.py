@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from unet.device import DEVICES, select_device
+from unet.errors import EnvironmentMismatch, InputError, UserError
+from unet.metrics import most_tumour_slices
+from unet.predict.scan import Scan, read_scan, write_mask, write_overlay
 from unet.predict.segmenter import Segmenter
-from unet.predict.scan import Scan, overlay_slices, read_scan, write_mask, write_overlay
-from unet.train.loop import select_device
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,6 @@ MASK_NAME = "mask.nii.gz"
 SUMMARY_NAME = "summary.json"
 OVERLAY_DIR = "overlays"
 N_OVERLAYS = 6
-# Small batches in channels_last run the reference net 1.8x faster on a 2-core CPU than batches
-# of 32 in NCHW (bf16 autocast either way; benchmarks/bench_predict.py): the activations stay in cache.
-CPU_BATCH = 2
 SINGLE_SLICE_WARNING = (
     "%s is a single slice: the preprocessing crops, clips and z-scores over the whole volume, so one "
     "slice is normalised on itself and the result is less reliable than on a whole volume; give the "
@@ -61,26 +60,18 @@ class PredictOptions:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device {name}: choose auto, cpu or cuda")
+    if name not in DEVICES:
+        raise InputError(f"--device {name}: choose {', '.join(DEVICES)}")
     try:
         return select_device(name)
-    except RuntimeError:
-        raise ValueError("--device cuda: torch sees no CUDA device here; use --device auto or --device cpu") from None
+    except EnvironmentMismatch:
+        raise InputError("--device cuda: torch sees no CUDA device here; use --device auto or --device cpu") from None
 
 
 def load_segmenter(options: PredictOptions) -> Segmenter:
-    """The checkpoint as a Segmenter; every way a file can fail to be one is a ValueError naming it."""
-    try:
-        segmenter = Segmenter.from_checkpoint(options.model, device=resolve_device(options.device),
-                                              tta=options.tta, threshold=options.threshold)
-    except (RuntimeError, KeyError, TypeError) as exc:  # weights that do not fit the config, odd metadata
-        raise ValueError(f"{options.model}: the checkpoint does not rebuild an lgg-unet model "
-                         f"({type(exc).__name__}: {exc})") from None
-    segmenter.model.to(memory_format=torch.channels_last)  # convolutions then keep NHWC activations
-    if segmenter.device.type == "cpu":
-        segmenter.batch_size = CPU_BATCH
-    return segmenter
+    """The checkpoint as a Segmenter (channels_last, CPU-sized batches: see ``Segmenter.from_checkpoint``)."""
+    return Segmenter.from_checkpoint(options.model, device=resolve_device(options.device), tta=options.tta,
+                                     threshold=options.threshold)
 
 
 def predict(options: PredictOptions) -> dict[str, Any]:
@@ -95,7 +86,7 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     read_s = time.perf_counter() - started
     mask = segmenter.segment(scan.images, largest_component=options.largest_component)
     segment_s = time.perf_counter() - started - read_s
-    shown = range(len(mask)) if options.all_overlays else overlay_slices(mask, N_OVERLAYS)
+    shown = range(len(mask)) if options.all_overlays else most_tumour_slices(mask, count=N_OVERLAYS)
     overlays = {f"{OVERLAY_DIR}/slice_{scan.slice_numbers[k]:03d}.png": k for k in shown}
     summary = summarise(scan, mask, segmenter, options, list(overlays), warnings)
     write_outputs(options.output, scan, mask, summary, overlays)
@@ -144,7 +135,7 @@ def write_outputs(output: Path, scan: Scan, mask: np.ndarray, summary: dict[str,
     """Write everything into a staging folder beside ``output``, then move it in (summary last)."""
     output = Path(output).resolve()
     if output.exists() and not output.is_dir():
-        raise ValueError(f"{output}: --output exists and is not a folder; name a folder")
+        raise InputError(f"{output}: --output exists and is not a folder; name a folder")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()  # the user's umask applies, unlike tempfile.mkdtemp's 0700
@@ -224,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.largest_component, args.all_overlays)
     try:
         summary = predict(options)
-    except (ValueError, OSError) as exc:
+    except (UserError, OSError) as exc:  # what the user can fix; anything else is a bug and keeps its traceback
         print(f"lgg-predict: error: {exc}", file=sys.stderr)
         return 2
     print(one_line(summary, args.output))

@@ -15,20 +15,18 @@ minimum to its maximum (``Scan.scaled`` says so). Every fault raises ``ValueErro
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import tifffile
 from PIL import Image
 from scipy import ndimage
 
+from unet.errors import InputError
+from unet.io.kaggle import FLAIR, parse_slice_name, read_tiff
 from unet.io.nifti import IDENTITY, nifti_to_stack, stack_to_nifti, write_volume
 
-FLAIR = 1
-SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)\.tiff?$", re.IGNORECASE)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 OVERLAY_MIN_SIDE = 256  # small slices are enlarged (nearest) so that the outline stays thin
@@ -66,14 +64,14 @@ def read_scan(paths: list[Path]) -> Scan:
     paths = [Path(p) for p in paths]
     for path in paths:
         if not path.exists():
-            raise ValueError(f"{path}: input not found")
+            raise InputError(f"{path}: input not found")
     if len(paths) == 3:
         if not all(_is_nifti(p) for p in paths):
-            raise ValueError(f"{' '.join(map(str, paths))}: three inputs must be three 3-D NIfTI files "
+            raise InputError(f"{' '.join(map(str, paths))}: three inputs must be three 3-D NIfTI files "
                              "(pre-contrast, FLAIR, post-contrast, in that order)")
         return read_nifti_channels(paths)
     if len(paths) != 1:
-        raise ValueError(f"{' '.join(map(str, paths))}: give one input (a patient folder, a 4-D NIfTI or a "
+        raise InputError(f"{' '.join(map(str, paths))}: give one input (a patient folder, a 4-D NIfTI or a "
                          f"slice image) or three single-channel NIfTI files, not {len(paths)}")
     path = paths[0]
     if path.is_dir():
@@ -82,7 +80,7 @@ def read_scan(paths: list[Path]) -> Scan:
         return read_nifti(path)
     if path.name.lower().endswith(SLICE_SUFFIXES):
         return read_slice(path)
-    raise ValueError(f"{path}: unknown input type; give a patient folder of <patient>_<n>.tif slices, "
+    raise InputError(f"{path}: unknown input type; give a patient folder of <patient>_<n>.tif slices, "
                      "a .nii/.nii.gz volume, or one .tif/.png slice")
 
 
@@ -94,27 +92,27 @@ def read_kaggle_folder(folder: Path) -> Scan:
     """``<patient>_<n>.tif`` slices in integer order of ``<n>``; masks and other files ignored."""
     found: dict[int, Path] = {}
     for path in sorted(folder.iterdir()):
-        match = SLICE_RE.match(path.name)
-        if match is None or not path.is_file():
+        parsed = parse_slice_name(path.name)
+        if parsed is None or parsed[2] or not path.is_file():  # masks and other files are ignored
             continue
-        n = int(match["n"])
+        n = parsed[1]
         if n in found:
-            raise ValueError(f"{path}: slice number {n} appears twice (also {found[n].name}); keep one")
+            raise InputError(f"{path}: slice number {n} appears twice (also {found[n].name}); keep one")
         found[n] = path
     if not found:
         hint = ""
-        if any(sub.is_dir() and any(SLICE_RE.match(p.name) for p in sub.iterdir()) for sub in folder.iterdir()):
+        if any(sub.is_dir() and any(parse_slice_name(p.name) for p in sub.iterdir()) for sub in folder.iterdir()):
             hint = " (it holds patient folders: point --input at one of them)"
-        raise ValueError(f"{folder}: no <patient>_<n>.tif slices found{hint}")
-    patients = {SLICE_RE.match(p.name)["patient"] for p in found.values()}  # type: ignore[index]
+        raise InputError(f"{folder}: no <patient>_<n>.tif slices found{hint}")
+    patients = {parse_slice_name(p.name)[0] for p in found.values()}  # type: ignore[index]
     if len(patients) > 1:
-        raise ValueError(f"{folder}: slices of several patients ({', '.join(sorted(patients))}); "
+        raise InputError(f"{folder}: slices of several patients ({', '.join(sorted(patients))}); "
                          "a folder must hold one patient's slices")
     numbers = sorted(found)
-    slices = [_rgb(_read_tiff(found[n]), found[n]) for n in numbers]
+    slices = [_rgb(read_tiff(found[n]), found[n]) for n in numbers]
     for n, image in zip(numbers, slices):
         if image.shape != slices[0].shape:
-            raise ValueError(f"{found[n]}: slice is {image.shape[0]}x{image.shape[1]} but "
+            raise InputError(f"{found[n]}: slice is {image.shape[0]}x{image.shape[1]} but "
                              f"{found[numbers[0]].name} is {slices[0].shape[0]}x{slices[0].shape[1]}; "
                              "a volume needs one slice size")
     images, scaled = _as_uint8(np.stack(slices), folder)
@@ -123,7 +121,7 @@ def read_kaggle_folder(folder: Path) -> Scan:
 
 def read_slice(path: Path) -> Scan:
     """One RGB TIFF or PNG slice as a one-slice volume."""
-    array = _read_tiff(path) if path.suffix.lower() in (".tif", ".tiff") else _read_png(path)
+    array = read_tiff(path) if path.suffix.lower() in (".tif", ".tiff") else _read_png(path)
     images, scaled = _as_uint8(_rgb(array, path)[None], path)
     return Scan(images, "slice", [path], [1], scaled=scaled)
 
@@ -134,7 +132,7 @@ def read_nifti(path: Path) -> Scan:
     if data.ndim != 4 or data.shape[-1] != 3:
         hint = (" It holds one sequence: give three files, --input pre.nii.gz flair.nii.gz post.nii.gz "
                 "(the FLAIR file three times when only FLAIR exists)") if data.ndim == 3 else ""
-        raise ValueError(f"{path}: expected a 4-D (height, width, slices, 3) volume with pre-contrast, FLAIR "
+        raise InputError(f"{path}: expected a 4-D (height, width, slices, 3) volume with pre-contrast, FLAIR "
                          f"and post-contrast, got shape {data.shape}.{hint}")
     stack, scaled = _as_uint8(nifti_to_stack(data), path)
     return Scan(stack, "nifti", [path], list(range(1, stack.shape[0] + 1)), image.affine, image.header, scaled)
@@ -145,14 +143,14 @@ def read_nifti_channels(paths: list[Path]) -> Scan:
     loaded = [_load_nifti(p) for p in paths]
     for path, (_, data) in zip(paths, loaded):
         if data.ndim != 3:
-            raise ValueError(f"{path}: expected a 3-D (height, width, slices) single-sequence volume, "
+            raise InputError(f"{path}: expected a 3-D (height, width, slices) single-sequence volume, "
                              f"got shape {data.shape}")
         if data.shape != loaded[0][1].shape:
-            raise ValueError(f"{path}: shape {data.shape} differs from {paths[0]} {loaded[0][1].shape}; "
+            raise InputError(f"{path}: shape {data.shape} differs from {paths[0]} {loaded[0][1].shape}; "
                              "the three sequences must be co-registered on one grid")
     for path, (image, _) in zip(paths, loaded):
         if not np.allclose(image.affine, loaded[FLAIR][0].affine, atol=1e-3):
-            raise ValueError(f"{path}: affine differs from {paths[FLAIR]}'s; "
+            raise InputError(f"{path}: affine differs from {paths[FLAIR]}'s; "
                              "the three sequences must be co-registered on one grid")
     channels = [_as_uint8(nifti_to_stack(data)[..., None], path) for path, (_, data) in zip(paths, loaded)]
     stack = np.concatenate([c for c, _ in channels], axis=-1)
@@ -166,17 +164,11 @@ def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib.error ... for bad files
-        raise ValueError(f"{path}: unreadable NIfTI file ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: unreadable NIfTI file ({type(exc).__name__}: {exc})") from None
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-        raise ValueError(f"{path}: voxels are {data.dtype}; expected real numbers")
+        raise InputError(f"{path}: voxels are {data.dtype}; expected real numbers")
     return image, data
 
-
-def _read_tiff(path: Path) -> np.ndarray:
-    try:
-        return tifffile.imread(path)
-    except Exception as exc:  # tifffile raises many types for truncated or foreign files
-        raise ValueError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from None
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -184,7 +176,7 @@ def _read_png(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image)
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError ...
-        raise ValueError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
 
 
 def _rgb(array: np.ndarray, path: Path) -> np.ndarray:
@@ -192,7 +184,7 @@ def _rgb(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 4 and (array[..., 3] == array[..., 3].max()).all():
         array = array[..., :3]
     if array.ndim != 3 or array.shape[-1] != 3 or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{path}: expected an RGB slice (height, width, 3) holding pre-contrast, FLAIR and "
+        raise InputError(f"{path}: expected an RGB slice (height, width, 3) holding pre-contrast, FLAIR and "
                          f"post-contrast, got {array.dtype} {array.shape}")
     return array
 
@@ -201,7 +193,7 @@ def _as_uint8(stack: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
     if stack.dtype == np.uint8:
         return np.ascontiguousarray(stack), False
     if not np.isfinite(stack).all():
-        raise ValueError(f"{path}: {int((~np.isfinite(stack)).sum())} voxels are NaN or infinite; "
+        raise InputError(f"{path}: {int((~np.isfinite(stack)).sum())} voxels are NaN or infinite; "
                          "replace them (e.g. with 0) first")
     return scale_to_uint8(stack), True
 
@@ -229,13 +221,6 @@ def write_mask(path: Path, mask: np.ndarray, scan: Scan, *, description: str) ->
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     nib.save(image_class(volume, scan.affine, header), str(path))
     return path
-
-
-def overlay_slices(mask: np.ndarray, count: int) -> list[int]:
-    """Indices of the ``count`` slices with the most tumour, in slice order; the middle one if none."""
-    area = mask.reshape(len(mask), -1).sum(axis=1, dtype=np.int64)  # signed: -area must not wrap
-    ranked = [int(k) for k in np.argsort(-area, kind="stable")[:count] if area[k] > 0]
-    return sorted(ranked) or [len(mask) // 2]
 
 
 def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -4,8 +4,8 @@
 preprocesses the volume exactly as the checkpoint's training data was (``metadata["preprocess"]``
 in the checkpoint), predicts every slice (optionally averaged with its horizontal flip), maps the
 probabilities back to the input's (S, H, W) grid, then thresholds and keeps the largest 3-D
-component (the reference protocol). Evaluation, the prediction command and the MLflow model all
-go through it.
+component (the reference protocol). The evaluate stage, ``lgg-predict`` and the MLflow model all
+go through it, so the number evaluated is the model shipped. Nothing here imports training code.
 """
 
 from __future__ import annotations
@@ -18,22 +18,44 @@ import numpy as np
 import torch
 from torch import nn
 
-from unet.models.checkpoint import load_checkpoint, model_from_checkpoint
 from unet.config import PrepareConfig
+from unet.device import autocast
+from unet.errors import InputError
 from unet.metrics import postprocess
+from unet.models.checkpoint import load_checkpoint, model_from_checkpoint
+from unet.models.forward import same_size_logits
+from unet.models.probability import foreground_probability
 from unet.preprocess import Geometry, preprocess_volume, to_original
-from unet.train.loop import predict_probabilities
+
+# Small batches in channels_last run the reference net 1.8x faster on a 2-core CPU than batches
+# of 32 in NCHW (bf16 autocast either way; benchmarks/bench_predict.py): the activations stay in cache.
+CPU_BATCH = 2
+DEVICE_BATCH = 32
 
 
 def preprocess_metadata(config: PrepareConfig) -> dict[str, Any]:
     """What inference needs to preprocess new volumes the way the training data was."""
     return {"image_size": config.image_size, "crop_threshold": config.crop_threshold,
-            "clip_percentiles": list(config.clip_percentiles)}
+            "clip_percentiles": list(config.clip_percentiles), "statistics": "reference"}
 
 
 @torch.no_grad()
+def predict_probabilities(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, *,
+                          batch_size: int = DEVICE_BATCH, amp: bool = True) -> np.ndarray:
+    """Foreground probabilities (N, H, W) for (N, 3, H, W) preprocessed slices."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]), device=device).float()
+        chunk = chunk.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = same_size_logits(model, chunk).float()
+        out.append(foreground_probability(logits).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + tuple(images.shape[-2:]), np.float32)
+
+
 def predict_prepared(model: nn.Module, images: np.ndarray, device: torch.device, *, tta: bool = False,
-                     batch_size: int = 32) -> np.ndarray:
+                     batch_size: int = DEVICE_BATCH) -> np.ndarray:
     """Foreground probabilities (S, size, size) for preprocessed (S, 3, size, size) slices.
 
     ``tta`` averages with the prediction of the horizontally flipped slices (flipped back).
@@ -53,31 +75,45 @@ class Segmenter:
     image_size: int
     crop_threshold: float = 0.1
     clip_percentiles: tuple[float, float] = (10.0, 99.0)
+    statistics: str = "reference"  # which slices the volume statistics come from (unet.preprocess)
     threshold: float = 0.5
     tta: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    batch_size: int = 32
+    batch_size: int = DEVICE_BATCH
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, device: str | torch.device = "cpu", tta: bool = False,
                         threshold: float | None = None) -> Segmenter:
+        """The checkpoint's network in channels_last on ``device``; every way a file can fail to be an
+        lgg-unet checkpoint is an InputError naming it."""
         device = torch.device(device)
         state = load_checkpoint(path, map_location=device)
         meta = state.get("metadata", {})
         if "preprocess" not in meta:
-            raise ValueError(f"{path}: the checkpoint does not say how its inputs were preprocessed; "
+            raise InputError(f"{path}: the checkpoint does not say how its inputs were preprocessed; "
                              "retrain it with this version (dvc repro train)")
-        pre = meta["preprocess"]
-        return cls(model_from_checkpoint(state).to(device), pre["image_size"], pre["crop_threshold"],
-                   tuple(pre["clip_percentiles"]), meta.get("threshold", 0.5) if threshold is None else threshold,
-                   tta, device)
+        try:
+            model = model_from_checkpoint(state).to(device)
+            pre = meta["preprocess"]
+            segmenter = cls(model, pre["image_size"], pre["crop_threshold"], tuple(pre["clip_percentiles"]),
+                            # checkpoints from before the reference statistics took them over every slice
+                            pre.get("statistics", "all"),
+                            meta.get("threshold", 0.5) if threshold is None else threshold, tta, device)
+        except (RuntimeError, KeyError, TypeError) as exc:  # weights that do not fit the config, odd metadata
+            raise InputError(f"{path}: the checkpoint does not rebuild an lgg-unet model "
+                             f"({type(exc).__name__}: {exc})") from None
+        segmenter.model.to(memory_format=torch.channels_last)  # convolutions then keep NHWC activations
+        if device.type == "cpu":
+            segmenter.batch_size = CPU_BATCH
+        return segmenter
 
     def prepare(self, images: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """(S, H, W, 3) uint8 -> (S, 3, size, size) float32 network input and its geometry."""
         check_slices(images)
         volume, _, geometry = preprocess_volume(images, None, size=self.image_size,
                                                 crop_threshold=self.crop_threshold,
-                                                clip_percentiles=self.clip_percentiles)
+                                                clip_percentiles=self.clip_percentiles,
+                                                statistics=self.statistics)
         return np.ascontiguousarray(volume.transpose(0, 3, 1, 2)), geometry
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -86,18 +122,21 @@ class Segmenter:
         probs = predict_prepared(self.model, prepared, self.device, tta=self.tta, batch_size=self.batch_size)
         return np.clip(to_original(probs, geometry, order=1), 0.0, 1.0)
 
+    def mask(self, probabilities: np.ndarray, *, largest_component: bool = True) -> np.ndarray:
+        """Binary mask (S, H, W) uint8 0/1 from ``probabilities``: threshold, then the largest 3-D component."""
+        return postprocess(probabilities, threshold=self.threshold, largest_component=largest_component)
+
     def segment(self, images: np.ndarray, *, largest_component: bool = True) -> np.ndarray:
-        """Binary mask (S, H, W) uint8 0/1: threshold, then the largest 3-D component."""
-        return postprocess(self.probabilities(images), threshold=self.threshold,
-                           largest_component=largest_component)
+        """Raw slices in, binary mask (S, H, W) uint8 0/1 out."""
+        return self.mask(self.probabilities(images), largest_component=largest_component)
 
 
 def check_slices(images: np.ndarray) -> None:
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] != 3:
         shape = getattr(images, "shape", type(images).__name__)
-        raise ValueError(
+        raise InputError(
             f"expected one patient's slices as a (slices, height, width, 3) array, got {shape}; "
             "channels are pre-contrast, FLAIR, post-contrast (repeat FLAIR for a missing sequence)"
         )
     if images.shape[0] == 0:
-        raise ValueError("no slices: a volume needs at least one (S, H, W, 3) slice")
+        raise InputError("no slices: a volume needs at least one (S, H, W, 3) slice")

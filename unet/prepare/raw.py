@@ -8,23 +8,16 @@ and reads every file once, collecting *all* faults (each naming its file) before
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import tifffile
+
+from unet.io.kaggle import DATA_CSV, RawDataError, parse_slice_name, patient_id, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
-_SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tif$")
-DATA_CSV = "data.csv"
 MAX_LISTED_FAULTS = 50
-
-
-class RawDataError(ValueError):
-    """The raw tree cannot be prepared; the message lists every fault with its file."""
 
 
 @dataclass(frozen=True)
@@ -45,46 +38,6 @@ class PatientFiles:
         return patient_id(self.folder)
 
 
-def patient_id(folder: str) -> str:
-    parts = folder.split("_")
-    return "_".join(parts[:3]) if len(parts) >= 4 else folder
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 slice (H, W, 3); raises RawDataError naming the file when it is not one."""
-    array = _read_tiff(path)
-    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise RawDataError(
-            f"{path}: expected an RGB uint8 image (H, W, 3), got {array.dtype} {array.shape}; "
-            "images hold pre-contrast, FLAIR and post-contrast as the three channels"
-        )
-    return array
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A binary mask as uint8 0/1 (H, W); 0/255 and 0/1 files are accepted."""
-    array = _read_tiff(path)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., 0]  # some tools save a grey mask as RGB(A); the channels are equal
-    if array.ndim != 2:
-        raise RawDataError(f"{path}: expected a single-channel mask (H, W), got shape {array.shape}")
-    values = np.unique(array)
-    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
-        shown = ", ".join(str(v) for v in values[:8])
-        raise RawDataError(
-            f"{path}: mask is not binary (values {shown}{'...' if len(values) > 8 else ''}); "
-            "masks must hold only 0 and 255 (or 0 and 1)"
-        )
-    return (array > 0).astype(np.uint8)
-
-
-def _read_tiff(path: Path) -> np.ndarray:
-    try:
-        return tifffile.imread(path)
-    except Exception as exc:  # tifffile raises many types for truncated or foreign files
-        raise RawDataError(f"{path}: unreadable or truncated TIFF ({type(exc).__name__}: {exc})") from None
-
-
 def list_patients(root: Path) -> tuple[list[PatientFiles], list[str]]:
     """Pair images with masks per patient folder; returns the patients and the pairing faults."""
     faults: list[str] = []
@@ -93,12 +46,13 @@ def list_patients(root: Path) -> tuple[list[PatientFiles], list[str]]:
         images: dict[int, Path] = {}
         masks: dict[int, Path] = {}
         for path in sorted(folder.iterdir()):
-            match = _SLICE_RE.match(path.name)
-            if match is None:
+            parsed = parse_slice_name(path.name)
+            if parsed is None:
                 if path.suffix.lower() in (".tif", ".tiff"):
                     faults.append(f"{path}: name is not <patient>_<n>.tif or <patient>_<n>_mask.tif")
                 continue
-            (masks if match["mask"] else images)[int(match["n"])] = path
+            _, n, is_mask = parsed
+            (masks if is_mask else images)[n] = path
         for n in sorted(images.keys() - masks.keys()):
             faults.append(f"{images[n]}: image without mask (expected {images[n].stem}_mask.tif)")
         for n in sorted(masks.keys() - images.keys()):

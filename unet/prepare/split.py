@@ -15,12 +15,13 @@ import random
 import numpy as np
 
 from unet.config import SplitConfig
+from unet.errors import InputError
 
 REFERENCE_VAL_PATIENTS = 10
 PARTS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """The patients cannot be split as configured; the message says what would work."""
 
 

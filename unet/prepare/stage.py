@@ -1,21 +1,19 @@
 """The ``prepare`` stage's work: raw Kaggle tree -> preprocessed arrays, manifest, split, NIfTI.
 
-Output layout under ``prepare.out_dir`` (written into a staging folder, renamed into place whole):
-
-    manifest.parquet              one row a slice (see ``MANIFEST_COLUMNS``) + data.csv columns
-    summary.json                  counts per split part, for people and for the Prefect artifact
-    arrays/<patient>/image.npy    float16 (S, size, size, 3), z-scored; memory-mappable
-    arrays/<patient>/mask.npy     uint8 (S, size, size) 0/1
-    nifti/<patient>_image.nii.gz  original 256x256 geometry, (H, W, S, 3); identity affine
-    nifti/<patient>_mask.nii.gz   (H, W, S) 0/1
+Output under ``prepare.out_dir``, written into a staging folder and renamed into place whole: the
+manifest (one row a slice, see ``MANIFEST_COLUMNS``, plus the data.csv columns), ``summary.json``
+(counts per split part), each patient's arrays and NIfTI volumes (layout in ``unet.io.layout``;
+NIfTI in the original 256x256 geometry with the identity affine).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +21,15 @@ import pandas as pd
 
 from unet.io import nifti
 from unet.io.atomic import atomic_dir
+from unet.io.layout import array_dir, nifti_path, write_prepared, write_summary
 from unet.config import PrepareConfig
-from unet.preprocess import CHANNELS, channels_present, preprocess_volume
-from unet.prepare.raw import PatientFiles, read_image, read_mask, scan_raw
+from unet.io.kaggle import CHANNELS, read_image, read_mask
+from unet.preprocess import channels_present, preprocess_volume
+from unet.prepare.raw import PatientFiles, scan_raw
 from unet.prepare.split import split_patients
 
 log = logging.getLogger(__name__)
 
-ARRAYS = "arrays"
-NIFTI = "nifti"
 MANIFEST_COLUMNS = [
     "patient", "patient_id", "slice", "index", "image_path", "mask_path", "array_dir",
     "has_tumour", "tumour_area", "tumour_area_prepared", "channels_present", "is_edge", "split",
@@ -52,13 +50,11 @@ def prepare_patient(patient: PatientFiles, config: PrepareConfig, out_dir: Path)
         images, masks, size=config.image_size,
         crop_threshold=config.crop_threshold, clip_percentiles=config.clip_percentiles,
     )
-    array_dir = Path(ARRAYS) / patient.folder
-    (out_dir / array_dir).mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / array_dir / "image.npy", volume.astype(np.float16))
-    np.save(out_dir / array_dir / "mask.npy", prepared_mask)
+    folder = array_dir(patient.folder)
+    write_prepared(out_dir, folder, volume, prepared_mask)
     if config.nifti:
-        nifti.write_volume(out_dir / NIFTI / f"{patient.folder}_image.nii.gz", images)
-        nifti.write_volume(out_dir / NIFTI / f"{patient.folder}_mask.nii.gz", masks)
+        nifti.write_volume(nifti_path(out_dir, patient.folder, "image"), images)
+        nifti.write_volume(nifti_path(out_dir, patient.folder, "mask"), masks)
     present = ",".join(name for name, ok in zip(CHANNELS, channels_present(images)) if ok)
     last = len(patient.slices) - 1
     return [
@@ -69,7 +65,7 @@ def prepare_patient(patient: PatientFiles, config: PrepareConfig, out_dir: Path)
             "index": k,
             "image_path": str(item.image),
             "mask_path": str(item.mask),
-            "array_dir": str(array_dir),
+            "array_dir": folder,
             "has_tumour": bool(masks[k].any()),
             "tumour_area": int(masks[k].sum()),
             "tumour_area_prepared": int(prepared_mask[k].sum()),
@@ -129,20 +125,26 @@ def prepare_dataset(
         manifest = build_manifest((row for rows in per_patient for row in rows), clinical, config)
         manifest.to_parquet(staging / config.manifest_path.name, index=False)
         summary = summarise(manifest)
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(staging / config.summary_path.name, summary)
     log.info("prepared %d patients, %d slices into %s", summary["patients"], summary["slices"], config.out_dir)
     return manifest
 
 
-def load_patient_arrays(out_dir: Path, array_dir: str, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A prepared patient's (S, size, size, 3) float16 images and (S, size, size) masks."""
-    mode = "r" if mmap else None
-    base = Path(out_dir) / array_dir
-    return np.load(base / "image.npy", mmap_mode=mode), np.load(base / "mask.npy", mmap_mode=mode)
+def prepare_in_processes(raw_root: Path, config: PrepareConfig) -> pd.DataFrame:
+    """What the stage runs: ``prepare_dataset`` with per-patient work in ``config.workers`` processes."""
+    with process_map(config.workers) as map_fn:
+        return prepare_dataset(raw_root, config, map_fn=map_fn)
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
-    """The prepare stage's manifest; a clear error when that stage has not run."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no manifest; run the prepare stage first (dvc repro prepare)")
-    return pd.read_parquet(path)
+@contextmanager
+def process_map(workers: int):
+    """A ``map`` over a pool of worker processes (the builtin one for a single worker), in order.
+
+    Processes, not threads: numpy/scipy/skimage image work mostly holds the GIL. ``spawn`` keeps
+    the workers clear of the threads Prefect runs in the parent process.
+    """
+    if workers <= 1:
+        yield map
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool.map

@@ -15,9 +15,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from unet.augment.stage import load_copies
-from unet.weightmaps.stage import load_weight_maps
-from unet.prepare.stage import load_patient_arrays
+from unet.errors import InputError
+from unet.io.layout import load_copies, load_patient_arrays, load_weight_maps
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def load_split(
     """All slices of one split part (and, for training, their elastic copies) in memory."""
     rows = manifest[manifest["split"] == part]
     if rows.empty:
-        raise ValueError(f"the {part!r} split part is empty; check prepare.split in params.yaml")
+        raise InputError(f"the {part!r} split part is empty; check prepare.split in params.yaml")
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("img", "msk", "wgt", "pat", "idx", "cpy")}
     for array_dir, patient_rows in rows.groupby("array_dir", sort=True):
         keep = patient_rows["index"].to_numpy()

@@ -8,45 +8,37 @@ model separately, and hands each epoch's metrics to a callback (the flow logs th
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
 from dataclasses import asdict
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from unet.device import autocast
 from unet.models.checkpoint import save_checkpoint
+from unet.models.forward import same_size_logits, unwrap
 from unet.config import TrainConfig
+from unet.errors import InputError, UserError
+from unet.io.atomic import atomic_file
 from unet.train.data import SliceArrays, volumes
 from unet.train.losses import CombinedLoss
 from unet.metrics import dice, postprocess
-from unet.weightmaps.stage import scale_px
-from unet.models.unet import PaperUNet, mirror_pad, paper_output_size, paper_valid_input_size
+from unet.units import scale_px
+from unet.predict.segmenter import predict_probabilities
 from unet.transforms.batch import AugmentParams, augment_batch
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-
-
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite; the message names the epoch and step."""
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is an error, not a fallback."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device: use 'auto' or 'cpu'")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -67,41 +59,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     if config.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5)
     return None
-
-
-def same_size_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits at the input's size: the padded reference net as is; the unpadded paper net on a
-    mirrored input (the overlap-tile border) with its output cropped back to the input size."""
-    net = getattr(model, "module", model)  # DistributedDataParallel / compiled wrappers
-    net = getattr(net, "_orig_mod", net)
-    if not isinstance(net, PaperUNet):
-        return model(x)
-    height, width = x.shape[-2:]
-    depth = net.config["depth"]
-    size_in = paper_valid_input_size(max(height, width), depth)
-    size_out = paper_output_size(size_in, depth)
-    top, left = (size_in - height) // 2, (size_in - width) // 2
-    padded = mirror_pad(x, top, size_in - height - top, left, size_in - width - left)
-    margin = (size_in - size_out) // 2
-    logits = model(padded)  # (B, C, size_out, size_out)
-    return logits[..., top - margin : top - margin + height, left - margin : left - margin + width]
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA, and on CPUs with native bf16 (3x the fp32 rate measured on one)."""
-    if amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def train_one_epoch(
@@ -131,7 +88,7 @@ def train_one_epoch(
         image, mask, weight = augment_batch(image, mask, weight, **asdict(augment), generator=generator)
         if channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = same_size_logits(model, image)
         parts = loss_fn.parts(logits.float(), mask, weight)
         loss = sum(parts.values())
@@ -156,21 +113,6 @@ def train_one_epoch(
     return metrics
 
 
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, *,
-                          batch_size: int = 32, amp: bool = True) -> np.ndarray:
-    """Foreground probabilities (N, H, W) for (N, 3, H, W) preprocessed slices."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]), device=device).float()
-        with _autocast(device, amp):
-            logits = same_size_logits(model, chunk).float()
-        probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1]
-        out.append(probs.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,) + tuple(images.shape[-2:]), np.float32)
-
-
 def validate(model: nn.Module, arrays: SliceArrays, device: torch.device, *, threshold: float = 0.5,
              batch_size: int = 32, amp: bool = True) -> dict[str, float]:
     """Per-volume DSC after threshold + largest 3-D component (the reference protocol), and without."""
@@ -184,13 +126,48 @@ def validate(model: nn.Module, arrays: SliceArrays, device: torch.device, *, thr
             "val_dsc_no_postprocess": float(np.mean(raw_scores)), "val_volumes": len(scores)}
 
 
+BEST_KEYS = ("model", "model_config", "train_config", "metadata", "epoch", "best_score")
+
+
+def _restore(net: nn.Module, optimizer, scheduler, generator: torch.Generator, resume_state: dict[str, Any],
+             seed: int) -> dict[str, Any]:
+    """Load a checkpoint's weights, optimizer, scheduler and RNG; return its progress record."""
+    net.load_state_dict(resume_state["model"])
+    optimizer.load_state_dict(resume_state["optimizer"])
+    if scheduler is not None and resume_state.get("scheduler"):
+        scheduler.load_state_dict(resume_state["scheduler"])
+    torch.set_rng_state(resume_state["rng"])
+    generator.manual_seed(seed + 1 + resume_state["epoch"])
+    log.info("resuming after epoch %d (best val DSC %.4f)", resume_state["epoch"], resume_state["best_score"])
+    return {k: resume_state[k] for k in ("epoch", "best_score", "best_epoch", "history")}
+
+
+def _step_scheduler(scheduler, val_dsc: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_dsc)
+    elif scheduler is not None:
+        scheduler.step()
+
+
+def _save(net: nn.Module, optimizer, scheduler, config: TrainConfig, state: dict[str, Any],
+          metadata: dict[str, Any], improved: bool) -> None:
+    """The epoch's checkpoint (everything a resume needs); the best model alone when it improved."""
+    checkpoint = {
+        "model": net.state_dict(), "model_config": net.config, "train_config": config.model_dump(mode="json"),
+        "metadata": metadata, "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler else None, "rng": torch.get_rng_state(), **state,
+    }
+    save_checkpoint(config.checkpoint_path, checkpoint)
+    if improved:
+        save_checkpoint(config.best_path, {k: checkpoint[k] for k in BEST_KEYS})
+
+
 def fit(
     model: nn.Module,
     batches: Iterable,
     val_arrays: SliceArrays,
     config: TrainConfig,
     device: torch.device,
-    out_dir: Path,
     *,
     resume_state: dict[str, Any] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -200,9 +177,11 @@ def fit(
 ) -> dict[str, Any]:
     """Train for ``config.epochs`` epochs (continuing ``resume_state``); returns the final state.
 
-    ``metadata`` (e.g. the preprocessing a model expects) goes into every checkpoint as is.
+    Every epoch writes ``config.checkpoint_path``, and ``config.best_path`` when validation
+    improved (main process only). ``metadata`` (e.g. the preprocessing a model expects) goes into
+    every checkpoint as is.
     """
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     loss_fn = CombinedLoss(dice_weight=config.dice_weight, ce_weight=config.ce_weight)
@@ -212,42 +191,21 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed + 1)  # augmentations draw on the CPU, any device
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "history": []}
     if resume_state is not None:
-        net.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler is not None and resume_state.get("scheduler"):
-            scheduler.load_state_dict(resume_state["scheduler"])
-        torch.set_rng_state(resume_state["rng"])
-        generator.manual_seed(config.seed + 1 + resume_state["epoch"])
-        state.update({k: resume_state[k] for k in ("epoch", "best_score", "best_epoch", "history")})
-        log.info("resuming after epoch %d (best val DSC %.4f)", state["epoch"], state["best_score"])
+        state.update(_restore(net, optimizer, scheduler, generator, resume_state, config.seed))
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         metrics = train_one_epoch(
             model, batches, loss_fn, optimizer, device, epoch=epoch, augment=augment, amp=config.amp,
-            grad_clip=config.grad_clip, channels_last=config.channels_last,
-            generator=generator, progress=is_main,
+            grad_clip=config.grad_clip, channels_last=config.channels_last, generator=generator, progress=is_main,
         )
         metrics.update(validate(net, val_arrays, device, threshold=threshold, amp=config.amp))
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(metrics["val_dsc"])
-        elif scheduler is not None:
-            scheduler.step()
+        _step_scheduler(scheduler, metrics["val_dsc"])
         improved = metrics["val_dsc"] > state["best_score"]
         if improved:
             state.update(best_score=metrics["val_dsc"], best_epoch=epoch)
         state["epoch"] = epoch
         state["history"].append({"epoch": epoch, **metrics})
         if is_main:
-            checkpoint = {
-                "model": net.state_dict(), "model_config": net.config, "train_config": config.model_dump(mode="json"),
-                "metadata": metadata or {},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-                "rng": torch.get_rng_state(), **state,
-            }
-            save_checkpoint(out_dir / CHECKPOINT, checkpoint)
-            if improved:
-                save_checkpoint(out_dir / BEST, {k: checkpoint[k] for k in
-                                                 ("model", "model_config", "train_config", "metadata", "epoch",
-                                                  "best_score")})
+            _save(net, optimizer, scheduler, config, state, metadata or {}, improved)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
         if config.early_stopping and epoch - state["best_epoch"] >= config.early_stopping:
@@ -258,10 +216,6 @@ def fit(
 
 def write_history(history: list[dict[str, float]], path: Path) -> Path:
     """Per-epoch metrics as a CSV that ``dvc plots`` draws; replaced atomically every epoch."""
-    import pandas as pd
-
-    from unet.io.atomic import atomic_file
-
     with atomic_file(path, "w") as handle:
         pd.DataFrame(history).to_csv(handle, index=False)
     return path
@@ -270,7 +224,7 @@ def write_history(history: list[dict[str, float]], path: Path) -> Path:
 def check_resumable(state: dict[str, Any], model_config: dict[str, Any], config: TrainConfig) -> None:
     """Refuse to continue a checkpoint that was trained with another model or recipe."""
     if state["model_config"] != model_config:
-        raise ValueError(
+        raise InputError(
             f"train.resume: the checkpoint's model {state['model_config']} differs from params' {model_config}; "
             "set train.resume: false to start afresh"
         )
@@ -279,7 +233,7 @@ def check_resumable(state: dict[str, Any], model_config: dict[str, Any], config:
     current = {k: v for k, v in config.model_dump(mode="json").items() if k not in ignored}
     changed = sorted(k for k in current if saved.get(k) != current[k])
     if changed:
-        raise ValueError(
+        raise InputError(
             f"train.resume: the checkpoint was trained with other values of train.{', train.'.join(changed)}; "
             "restore them or set train.resume: false to start afresh"
         )

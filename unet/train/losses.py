@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unet.models.probability import foreground_probability
+
 
 def _as_maps(logits: torch.Tensor, target: torch.Tensor, name: str = "target") -> torch.Tensor:
     """``target`` as (B, H, W) float, checked against (B, C, H, W) logits with C in {1, 2}."""
@@ -29,13 +31,6 @@ def _as_maps(logits: torch.Tensor, target: torch.Tensor, name: str = "target") -
             "(unet.models.blocks.center_crop)"
         )
     return target.to(logits.dtype)
-
-
-def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
-    """P(tumour) as (B, H, W): sigmoid of one logit, softmax class 1 of two."""
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return torch.softmax(logits, dim=1)[:, 1]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, *,

@@ -1,32 +1,22 @@
 """The ``weightmaps`` stage's work: one U-Net weight map per prepared slice.
 
-Output under ``weightmap.out_dir``, mirroring the prepared arrays:
-
-    arrays/<patient>/weight.npy   float16 (S, size, size)
-    weightmaps.json               class weights used, w0 and sigma in pixels, statistics
-
-Lengths in params (``weightmap.sigma``, ``augment.sigma``) are pixels of a 256 px slice, the
-size of the Kaggle TIFFs and of the reference network's input; ``scale_px`` converts them to the
-prepared ``image_size`` so that switching sizes keeps the same anatomy-relative meaning.
+Output under ``weightmap.out_dir``: each patient's maps at its ``array_dir`` (layout in
+``unet.io.layout``) and ``weightmaps.json`` (class weights used, w0 and sigma in pixels,
+statistics). ``weightmap.sigma`` is given in pixels of a 256 px slice (``unet.units``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from unet.prepare.stage import load_patient_arrays
+from unet.config import PipelineConfig
+from unet.io.layout import load_patient_arrays, write_weight_maps
+from unet.units import scale_px
 from unet.weightmaps.weightmap import class_weights_from_counts, weight_maps
-
-REFERENCE_SIZE = 256
-WEIGHT_FILE = "weight.npy"
-
-
-def scale_px(pixels_at_256: float, image_size: int) -> float:
-    """A length given for a 256 px slice, in pixels of an ``image_size`` slice."""
-    return pixels_at_256 * image_size / REFERENCE_SIZE
 
 
 def training_pixel_counts(manifest: pd.DataFrame) -> tuple[int, int]:
@@ -43,6 +33,11 @@ def class_weights(manifest: pd.DataFrame, method: str) -> tuple[float, float]:
     return class_weights_from_counts(foreground, total, method=method)
 
 
+def border_threshold(class_weights: tuple[float, float] | list[float]) -> float:
+    """A weight above every class weight: only the separation (border) term reaches past it."""
+    return max(class_weights) + 1e-3
+
+
 def patient_weight_maps(
     prepared_dir: Path,
     array_dir: str,
@@ -55,13 +50,29 @@ def patient_weight_maps(
     """Compute and write one patient's maps; returns its statistics for the stage summary."""
     _, masks = load_patient_arrays(prepared_dir, array_dir)
     maps = weight_maps(np.asarray(masks), w0=w0, sigma=sigma, class_weights=weights, name=array_dir)
-    target = Path(out_dir) / array_dir / WEIGHT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    np.save(target, maps.astype(np.float16))
-    border = maps > max(weights) + 1e-3  # pixels where the separation term adds weight
+    write_weight_maps(out_dir, array_dir, maps)
+    border = maps > border_threshold(weights)  # pixels where the separation term adds weight
     return {"slices": len(maps), "max": float(maps.max()), "mean": float(maps.mean()),
             "border_pixels": int(border.sum())}
 
 
-def load_weight_maps(out_dir: Path, array_dir: str, *, mmap: bool = True) -> np.ndarray:
-    return np.load(Path(out_dir) / array_dir / WEIGHT_FILE, mmap_mode="r" if mmap else None)
+def summarise(config: PipelineConfig, weights: tuple[float, float], stats: list[dict[str, float]]) -> dict[str, Any]:
+    """``weightmaps.json``: the class weights used, w0, sigma in pixels and the maps' statistics."""
+    params, slices = config.weightmap, sum(s["slices"] for s in stats)
+    return {
+        "class_balance": params.class_balance,
+        "class_weights": {"background": weights[0], "foreground": weights[1]},
+        "w0": params.w0,
+        "sigma_px": scale_px(params.sigma, config.prepare.image_size),
+        "slices": slices,
+        "max_weight": max(s["max"] for s in stats),
+        "mean_weight": sum(s["mean"] * s["slices"] for s in stats) / slices,
+        "border_pixels": sum(s["border_pixels"] for s in stats),
+        "border_threshold": border_threshold(weights),  # weights above it come from the border term
+    }
+
+
+def describe(summary: dict[str, Any]) -> str:
+    weights = summary["class_weights"]
+    return (f"weight maps: {summary['slices']} slices, class weights ({weights['background']}, "
+            f"{weights['foreground']}), sigma {summary['sigma_px']:.2f} px")

@@ -1,0 +1,41 @@
+"""Tasks of the ``evaluate`` stage: score a split part; the figures into the train stage's MLflow run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+
+from tasks.common import stage_task
+from tasks.tracking import log_metrics, numeric
+from unet.evaluate import stage
+
+
+@stage_task(name="evaluate-part", task_run_name="evaluate-{part}")
+def evaluate_part(segmenter, manifest, part: str):
+    return stage.evaluate_part(segmenter, manifest, part)
+
+
+def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """eval.json flattened: the headline split's numbers as ``test_*`` (or ``val_*``), parts by name."""
+    headline = evaluation.get("split", "test")
+    flat = {f"{headline}_{k}": v for k, v in numeric(evaluation).items()}
+    for part, values in evaluation.items():
+        if isinstance(values, Mapping):
+            flat.update({f"{part}_{k}": v for k, v in numeric(values).items()})
+    return flat
+
+
+@stage_task(name="log-evaluation")
+def log_evaluation(run_id: str, evaluation: Mapping[str, Any], files: list[Path], overlays_dir: Path) -> None:
+    """The evaluate stage's scores and pictures into the train run (its metrics, files and overlays)."""
+    client = MlflowClient()
+    log_metrics(run_id, evaluation_metrics(evaluation))
+    client.set_tag(run_id, "evaluate.split", str(evaluation.get("split")))
+    client.set_tag(run_id, "evaluate.tta", str(evaluation.get("tta")).lower())
+    for path in files:
+        client.log_artifact(run_id, str(path), "evaluate")
+    if Path(overlays_dir).is_dir():
+        client.log_artifacts(run_id, str(overlays_dir), "evaluate/overlays")

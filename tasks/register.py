@@ -1,0 +1,84 @@
+"""The ``register`` stage's MLflow calls: a registry version for the train run's model, the aliases.
+
+Each run's model becomes a version of ``registry.model_name`` with the alias ``challenger``; the
+alias ``champion`` moves to it only when it scores better (``unet.register.decision``). The score
+is kept as the version's tag ``val_dsc``. Load the champion with
+``mlflow.pyfunc.load_model("models:/lgg-unet@champion")``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+
+from tasks.common import stage_task
+from tasks.reports import publish, registry_report
+from tasks.tracking import train_record
+from unet.config import PipelineConfig
+from unet.errors import MissingInputError
+from unet.io.atomic import atomic_file
+from unet.register.decision import CHALLENGER, CHAMPION, decide, run_score
+
+SCORE_TAG = "val_dsc"
+
+
+@stage_task(name="register-version")
+def register_version(name: str, run_id: str, model_uri: str, score_metric: str, score: float) -> str:
+    """A new version for the run's model (the same one when this run was registered before), its score
+    tagged; returns the version number."""
+    client = MlflowClient()
+    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    version = existing[0].version if existing else mlflow.register_model(model_uri, name).version
+    client.set_model_version_tag(name, version, SCORE_TAG, repr(score))
+    client.set_model_version_tag(name, version, "score_metric", score_metric)
+    return str(version)
+
+
+def champion_of(client: MlflowClient, name: str) -> tuple[str, float] | None:
+    """The champion's version and score (its tag, else its run's metrics); None when there is none."""
+    version = client.get_registered_model(name).aliases.get(CHAMPION)
+    if version is None:
+        return None
+    tags = client.get_model_version(name, version).tags
+    if SCORE_TAG in tags:
+        return str(version), float(tags[SCORE_TAG])
+    return str(version), run_score(client.get_run(client.get_model_version(name, version).run_id).data.metrics)[1]
+
+
+@stage_task(name="move-aliases")
+def move_aliases(name: str, version: str, score: float) -> dict[str, Any]:
+    """``challenger`` to ``version``; ``champion`` too when it scores better (or is the first)."""
+    client = MlflowClient()
+    champion = champion_of(client, name)
+    decision = decide(version, score, champion)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if decision in ("first", "promoted"):
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return {"decision": decision, "aliases": sorted(client.get_model_version(name, version).aliases),
+            "champion_version": int(client.get_registered_model(name).aliases[CHAMPION]),
+            "previous_champion_version": int(champion[0]) if champion else None,
+            "previous_champion_score": champion[1] if champion else None}
+
+
+def register(config: PipelineConfig) -> dict[str, Any]:
+    """The train run's model into the registry; the outcome into ``registry.json``."""
+    name = config.registry.model_name
+    record = train_record(config)
+    if "model_uri" not in record:
+        raise MissingInputError(f"{config.train.run_path}: the train run logged no model (it did not finish); "
+                                "retrain (dvc repro train)")
+    score_metric, score = run_score(MlflowClient().get_run(record["run_id"]).data.metrics)
+    version = register_version(name, record["run_id"], record["model_uri"], score_metric, score)
+    result = {"model_name": name, "version": int(version), "run_id": record["run_id"], "score_metric": score_metric,
+              "score": score, **move_aliases(name, version, score)}
+    with atomic_file(config.registry.record_path, "w") as handle:
+        json.dump(result, handle, indent=2)
+    return result
+
+
+def publish_report(result: dict[str, Any]) -> None:
+    publish("lgg-registry", registry_report(result),
+            description=f"{result['model_name']} v{result['version']}: {result['decision']}")

@@ -1,0 +1,196 @@
+"""Tasks of the ``train`` stage: the MLflow run around the training, its data, per-epoch reports.
+
+One MLflow run per training: params (every knob of params.yaml), git and data-hash tags, the
+prepared manifest as its dataset, per-epoch metrics, system metrics, the augment picture, and
+the best model as a pyfunc. The run starts and ends in the flow's own thread, as MLflow's active
+run requires; everything else names the run id explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import json
+import subprocess
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Param, RunTag
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger
+
+from tasks import mlflow_model
+from tasks.common import stage_task
+from tasks.reports import publish, train_report
+from tasks.tracking import log_metrics, repo_root, use_experiment, write_run_file
+from unet.config import PipelineConfig, PrepareConfig
+from unet.io.layout import read_manifest
+from unet.train.stage import load_training_data
+
+DATASET_NAME = "lgg-prepared"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+@stage_task(name="load-training-data")
+def load_data(config: PipelineConfig):
+    return load_training_data(config)
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        flat.update(flatten(value, f"{name}.") if isinstance(value, Mapping) else {name: value})
+    return flat
+
+
+def param_values(config: PipelineConfig) -> dict[str, str]:
+    """Every knob of params.yaml as MLflow params: dotted keys, JSON-spelt values, at most 6000 chars."""
+    flat = flatten(config.model_dump(mode="json"))
+    return {k: (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_CHARS] for k, v in flat.items()}
+
+
+def git_commit(cwd: Path) -> str | None:
+    """``git rev-parse HEAD`` in ``cwd``; None outside a git repository or without git."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except FileNotFoundError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def prepared_data_hash(prepared: Path, root: Path) -> tuple[str, str]:
+    """The prepared data's hash and where it came from.
+
+    DVC's md5 of the prepare stage's output from ``dvc.lock`` when that entry is this folder and its
+    file count and size still match (the dvc CLI must not run inside a stage: the repo is locked);
+    else the md5 of ``manifest.parquet`` (the data was prepared outside DVC).
+    """
+    prepared = Path(prepared).resolve()
+    lock = root / "dvc.lock"
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if (root / out["path"]).resolve() == prepared and "md5" in out:
+                files = [p for p in prepared.rglob("*") if p.is_file()]
+                if out.get("nfiles") == len(files) and out.get("size") == sum(p.stat().st_size for p in files):
+                    return out["md5"], "dvc.lock"
+    manifest = PrepareConfig(out_dir=prepared).manifest_path
+    return hashlib.md5(manifest.read_bytes()).hexdigest(), manifest.name
+
+
+def log_training_data(manifest: pd.DataFrame, prepared: Path, digest: str) -> None:
+    """The manifest (one row a slice) as the active run's training dataset, hashed as DVC knows the data."""
+    with warnings.catch_warnings():  # mlflow 3.17 registers its local source twice and says so; the
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")  # no model input
+        dataset = mlflow.data.from_pandas(manifest, source=str(Path(prepared).resolve()), name=DATASET_NAME,
+                                          digest=digest.removesuffix(".dir"))
+        mlflow.log_input(dataset, context="training")
+
+
+def _run_to_resume(path: Path, experiment_id: str) -> str | None:
+    """The run ``path`` names, if the store holds it in this experiment (a killed training goes on in it)."""
+    if not path.is_file():
+        return None
+    run_id = json.loads(path.read_text())["run_id"]
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id if run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active" else None
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Params once; on a resumed run the new keys, and changed values (epochs, resume) as ``resume.*`` tags."""
+    logged = client.get_run(run_id).data.params
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items() if k not in logged],
+                     tags=[RunTag(f"resume.{k}", v) for k, v in params.items()
+                           if k in logged and logged[k] != v])
+
+
+@contextmanager
+def train_run(config: PipelineConfig, *, resume: bool = False,
+              environ: Mapping[str, str] = os.environ) -> Iterator[str]:
+    """Open the train stage's run (system metrics on) and log params, tags and the dataset; yield its id.
+
+    The run id is written to ``mlflow_run.json`` at once, so a training resumed after a kill
+    (``resume``: a checkpoint is continued) goes on in the same run. The run starts and ends in the
+    calling thread, as MLflow's active run requires.
+    """
+    manifest = read_manifest(config.prepare.manifest_path)  # a clear error before any run is opened
+    root = repo_root()
+    digest, digest_source = prepared_data_hash(config.prepare.out_dir, root)
+    experiment_id = use_experiment(config.mlflow, environ)
+    client = MlflowClient()
+    resumed = _run_to_resume(config.train.run_path, experiment_id) if resume else None
+    with mlflow.start_run(run_id=resumed, experiment_id=experiment_id, log_system_metrics=True) as run:
+        run_id = run.info.run_id
+        write_run_file(config.train.run_path, {"run_id": run_id, "experiment_id": experiment_id,
+                                          "experiment": config.mlflow.experiment})
+        _log_params(client, run_id, param_values(config))
+        tags = {"stage": "train", "data.digest": digest, "data.digest_source": digest_source,
+                "mlflow.source.git.commit": git_commit(root), "dvc.exp_name": environ.get("DVC_EXP_NAME")}
+        for key, value in tags.items():
+            if value:
+                client.set_tag(run_id, key, value)
+        # mlflow.log_input logs to this thread's active run: the one just opened here
+        log_training_data(manifest, config.prepare.out_dir, digest)
+        yield run_id
+
+
+def log_epoch(run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
+    """One epoch's loss, val_dsc, ... with ``step=epoch`` (called from the trainer's on_epoch)."""
+    log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+
+
+def epoch_reporter(run_id: str, epochs: int) -> Callable[[int, dict], None]:
+    """What the trainer calls after each epoch: one log line in Prefect, the metrics into MLflow."""
+    logger = get_run_logger()
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        logger.info("epoch %d/%d: loss %.4f, val DSC %.4f (median %.4f), %.1f img/s", epoch, epochs,
+                    metrics["loss"], metrics["val_dsc"], metrics["val_dsc_median"], metrics["images_per_s"])
+        log_epoch(run_id, epoch, metrics)
+
+    return on_epoch
+
+
+@stage_task(name="log-training-summary")
+def log_training_summary(run_id: str, config: PipelineConfig, summary: Mapping[str, Any]) -> None:
+    """Best score and throughput, the device used, the augment picture and the train metric files."""
+    client = MlflowClient()
+    log_metrics(run_id, summary)
+    client.set_tag(run_id, "train.device_used", str(summary.get("device")))
+    if Path(config.augment.preview).is_file():
+        client.log_artifact(run_id, str(config.augment.preview), "figures")
+    for path in (config.train.metrics_path, config.train.history_path):
+        if path.is_file():
+            client.log_artifact(run_id, str(path), "metrics")
+
+
+@stage_task(name="log-model")
+def log_trained_model(run_id: str, config: PipelineConfig) -> str:
+    """``best.pt`` as the run's pyfunc model, with 4 raw slices as its input example; returns its URI.
+
+    The URI is added to ``mlflow_run.json`` for the register stage.
+    """
+    manifest = read_manifest(config.prepare.manifest_path)
+    info = mlflow_model.log_model(run_id, config.train.best_path, mlflow_model.example_slices(manifest))
+    record = {**json.loads(config.train.run_path.read_text()), "model_id": info.model_id, "model_uri": info.model_uri}
+    write_run_file(config.train.run_path, record)
+    return info.model_uri
+
+
+def publish_report(config: PipelineConfig, summary: Mapping[str, Any]) -> None:
+    """The training curve as a Prefect artifact (the history file includes epochs from before a resume)."""
+    history = pd.read_csv(config.train.history_path).to_dict("records")
+    publish("lgg-train", train_report(history, summary), description="training curve and best epoch")

@@ -1,0 +1,32 @@
+"""Logits at the input's own size, for either variant (training and prediction share it)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unet.models.blocks import mirror_pad, paper_output_size, paper_valid_input_size
+from unet.models.unet import PaperUNet
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel and ``torch.compile`` wrappers."""
+    net = getattr(model, "module", model)
+    return getattr(net, "_orig_mod", net)
+
+
+def same_size_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits at the input's size: the padded reference net as is; the unpadded paper net on a
+    mirrored input (the overlap-tile border) with its output cropped back to the input size."""
+    net = unwrap(model)
+    if not isinstance(net, PaperUNet):
+        return model(x)
+    height, width = x.shape[-2:]
+    depth = net.config["depth"]
+    size_in = paper_valid_input_size(max(height, width), depth)
+    size_out = paper_output_size(size_in, depth)
+    top, left = (size_in - height) // 2, (size_in - width) // 2
+    padded = mirror_pad(x, top, size_in - height - top, left, size_in - width - left)
+    margin = (size_in - size_out) // 2
+    logits = model(padded)  # (B, C, size_out, size_out)
+    return logits[..., top - margin : top - margin + height, left - margin : left - margin + width]

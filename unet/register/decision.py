@@ -1,0 +1,35 @@
+"""The register stage's rule: ``challenger`` is the newest model, ``champion`` the best so far.
+
+The score is ``val_dsc_mean`` that the evaluate stage logged into the run (per volume, at the
+original geometry), else the train stage's ``best_val_dsc``; the champion alias moves only to a
+model that scores strictly better. Plain functions: the MLflow calls are in ``tasks/register.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from unet.errors import MissingInputError
+
+SCORE_METRICS = ("val_dsc_mean", "best_val_dsc")  # evaluate's, else train's
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def run_score(metrics: Mapping[str, float]) -> tuple[str, float]:
+    """(metric name, value) of the first of ``SCORE_METRICS`` that the run holds."""
+    for name in SCORE_METRICS:
+        if name in metrics:
+            return name, float(metrics[name])
+    raise MissingInputError(f"the MLflow run holds none of {', '.join(SCORE_METRICS)}: run the train and "
+                            "evaluate stages first (dvc repro evaluate)")
+
+
+def decide(version: str, score: float, champion: tuple[str, float] | None) -> str:
+    """``first`` (no champion yet), ``unchanged`` (it is the champion), ``promoted`` (strictly better)
+    or ``kept`` (the champion stays)."""
+    if champion is None:
+        return "first"
+    champion_version, champion_score = champion
+    if champion_version == version:
+        return "unchanged"
+    return "promoted" if score > champion_score else "kept"

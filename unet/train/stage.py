@@ -1,0 +1,110 @@
+"""The ``train`` stage's work: data, network, resume, batches, ``fit``, and the summary it writes.
+
+``train(config)`` is callable with or without Prefect: the flow calls it inside its MLflow run,
+and under ``torchrun --nproc_per_node=N -m flows.train`` every other rank calls it directly.
+Every process trains a DistributedDataParallel replica on its own draws; rank 0 validates,
+writes the checkpoints, the history and ``train.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from unet.config import PipelineConfig
+from unet.device import select_device
+from unet.io.atomic import atomic_file
+from unet.io.layout import read_manifest
+from unet.models.checkpoint import load_checkpoint
+from unet.models.unet import build_model
+from unet.predict.segmenter import preprocess_metadata
+from unet.train import distributed
+from unet.train.data import SliceArrays, StageDirs, load_split
+from unet.train.loader import CpuBatches, DeviceBatches, steps_per_epoch
+from unet.train.loop import check_resumable, fit, seed_everything, write_history
+
+OnEpoch = Callable[[int, dict[str, float]], None]
+
+
+def build_network(config: PipelineConfig, device: torch.device) -> nn.Module:
+    m = config.model
+    model = build_model(m.variant, features=m.features, depth=m.depth, dropout=m.dropout).to(device)
+    return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
+
+
+def load_training_data(config: PipelineConfig) -> tuple[SliceArrays, SliceArrays]:
+    """The training slices (with their elastic copies) and the validation volumes, in memory."""
+    manifest = read_manifest(config.prepare.manifest_path)
+    dirs = StageDirs(config.prepare.out_dir, config.weightmap.out_dir, config.augment.out_dir)
+    train = load_split(manifest, "train", dirs, copies=config.train.elastic_copies,
+                       skip_edge=config.train.skip_edge_slices)
+    return train, load_split(manifest, "val", dirs)
+
+
+def resumes(config: PipelineConfig) -> bool:
+    """Whether this run continues ``checkpoint.pt`` (``train.resume`` and the file is there)."""
+    return config.train.resume and config.train.checkpoint_path.exists()
+
+
+def resume_state(config: PipelineConfig, model: nn.Module) -> dict[str, Any] | None:
+    """The checkpoint to continue, checked against this model and recipe; None to start afresh."""
+    if not resumes(config):
+        return None
+    state = load_checkpoint(config.train.checkpoint_path)
+    check_resumable(state, model.config, config.train)
+    return state
+
+
+def make_batches(arrays: SliceArrays, config: PipelineConfig, device: torch.device, rank: int, world: int):
+    """Resident tensors and index draws on a GPU; a DataLoader over the arrays on the CPU."""
+    cfg = config.train
+    steps = steps_per_epoch(len(arrays), cfg.batch_size, cfg.steps_per_epoch, world)
+    args = dict(batch_size=cfg.batch_size, steps=steps, tumour_share=cfg.tumour_sampling, seed=cfg.seed + rank)
+    if device.type == "cuda":
+        return DeviceBatches(arrays, device, **args)
+    return CpuBatches(arrays, workers=cfg.workers, **args)
+
+
+def summarise(state: dict[str, Any], train_rows: int, device: torch.device, world: int) -> dict[str, Any]:
+    """``train.json``: the best epoch and its validation DSC at the network's grid, speed, where it ran."""
+    history = state["history"]
+    return {"best_val_dsc": state["best_score"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
+            "train_rows": train_rows, "val_volumes": history[-1]["val_volumes"], "device": device.type,
+            "world_size": world,
+            # per process; all processes together train world_size times as many
+            "images_per_s": sum(h["images_per_s"] for h in history) / len(history)}
+
+
+def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
+          load_data: Callable[[PipelineConfig], tuple[SliceArrays, SliceArrays]] = load_training_data) -> dict:
+    """Everything the stage does; returns the summary that rank 0 writes to ``train.json``."""
+    cfg = config.train
+    rank, world, device = distributed.setup(select_device(cfg.device))
+    seed_everything(cfg.seed + rank)
+    train_arrays, val_arrays = load_data(config)
+    model = build_network(config, device)
+    state = resume_state(config, model)
+    history = list(state["history"]) if state else []
+
+    def report(epoch: int, metrics: dict) -> None:
+        history.append({"epoch": epoch, **metrics})
+        write_history(history, cfg.history_path)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    wrapped = distributed.wrap(model, device)
+    batches = make_batches(train_arrays, config, device, rank, world)
+    final = fit(torch.compile(wrapped) if cfg.compile else wrapped, batches, val_arrays, cfg, device,
+                resume_state=state, on_epoch=report, is_main=rank == 0,
+                threshold=config.evaluate.threshold,
+                metadata={"preprocess": preprocess_metadata(config.prepare), "threshold": config.evaluate.threshold})
+    summary = summarise(final, len(train_arrays), device, world)
+    if rank == 0:
+        with atomic_file(cfg.metrics_path, "w") as handle:
+            json.dump(summary, handle, indent=2)
+    distributed.teardown()
+    return summary
