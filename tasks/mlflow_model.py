@@ -9,8 +9,9 @@ the network, the threshold and the largest 3-D component (``unet.predict.segment
     mask = model.predict(slices)             # slices: np.uint8 (N, 256, 256, 3)
 
 or served: ``mlflow models serve -m models:/lgg-unet@champion --env-manager local`` and a POST of
-``{"inputs": <nested list>}`` to ``/invocations``. The class lives in the installed ``lgg-unet``
-package, so loading needs that package (``--env-manager local``), and nothing of Prefect.
+``{"inputs": <nested list>}`` to ``/invocations``. The model is logged as code
+(``tasks/pyfunc_model.py``, copied into the model), so loading needs the installed ``unet``
+library (``--env-manager local``), nothing of Prefect and nothing of this checkout.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import Schema, TensorSpec
 
-from unet.errors import InputError
 
 MODEL_NAME = "model"  # the model's name in its run
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),  # (N, H, W, RGB): any N and size
     outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),  # (N, H, W) 0/1
@@ -35,33 +36,6 @@ SIGNATURE = ModelSignature(
 # what importing unet.predict.segmenter needs, pinned to the versions it was logged with
 REQUIREMENTS = ("mlflow", "torch", "numpy", "scipy", "scikit-image", "pandas", "pyarrow", "pydantic", "pyyaml",
                 "tqdm", "nibabel", "tifffile", "cloudpickle")
-
-
-class LggUnetModel(mlflow.pyfunc.PythonModel):
-    """Raw slices (N, H, W, 3) uint8 in, a 0/1 mask (N, H, W) uint8 out."""
-
-    def load_context(self, context) -> None:
-        import torch
-
-        from unet.predict.segmenter import Segmenter
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.segmenter = Segmenter.from_checkpoint(Path(context.artifacts["checkpoint"]), device=device)
-
-    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        # an ndarray hint: MLflow checks the input against the signature, not the hint
-        return self.segmenter.segment(as_slices(model_input))
-
-
-def as_slices(model_input) -> np.ndarray:
-    """The input as uint8 (N, H, W, 3); integers within 0..255 are taken as they are, else an error."""
-    images = np.asarray(model_input)
-    if images.dtype != np.uint8:
-        if not np.issubdtype(images.dtype, np.integer) or images.size and (images.min() < 0 or images.max() > 255):
-            raise InputError(f"expected uint8 slices (0..255) as read from the TIFFs, got {images.dtype} values; "
-                             "pass the raw slices, not normalised ones")
-        images = images.astype(np.uint8)
-    return images
 
 
 def requirements() -> list[str]:
@@ -88,5 +62,16 @@ def log_model(run_id: str, checkpoint: Path, input_example: np.ndarray) -> Model
     instead of the thread's active run.
     """
     return Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-                     python_model=LggUnetModel(), artifacts={"checkpoint": str(checkpoint)}, signature=SIGNATURE,
+                     python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(checkpoint)}, signature=SIGNATURE,
                      input_example=input_example, pip_requirements=requirements())
+
+
+def __getattr__(name: str):
+    """Models logged before the pyfunc became code pickled ``tasks.mlflow_model.LggUnetModel``:
+    hand them the class (they load where this checkout is importable, e.g. from its root)."""
+    if name == "LggUnetModel":
+        from tasks.pyfunc_model import LggUnetModel
+
+        return LggUnetModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

@@ -214,7 +214,7 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
 def patient(tracked):
     """One raw patient volume (6, 32, 32, 3) uint8 and the mask the checkpoint gives it in-process."""
     from unet.predict.segmenter import Segmenter
-    from unet.prepare.raw import read_image
+    from unet.io.kaggle import read_image
 
     root, _ = tracked
     manifest = pd.read_parquet(root / "prepared/manifest.parquet")
@@ -268,3 +268,33 @@ def test_mlflow_models_serve_answers_with_the_mask(tracked, patient, tmp_path):
             os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn it started, in their own session
         server.wait(timeout=30)
     np.testing.assert_array_equal(np.asarray(answer["predictions"], np.uint8), expected)
+
+
+def test_the_model_is_logged_as_code_not_as_a_pickle(tracked):
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion"))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert (local / "pyfunc_model.py").is_file() and not (local / "python_model.pkl").exists()
+
+
+def test_a_model_pickled_before_the_pyfunc_became_code_still_loads(tracked, patient, monkeypatch):
+    """Registered models from before pickled ``tasks.mlflow_model.LggUnetModel``; they load from the checkout."""
+    import mlflow
+    from mlflow.models import Model
+
+    from tasks import mlflow_model, pyfunc_model
+
+    root, config = tracked
+    experiment = client().get_experiment_by_name(config.mlflow.experiment).experiment_id
+    run_id = client().create_run(experiment).info.run_id
+    monkeypatch.setattr(pyfunc_model.LggUnetModel, "__module__", "tasks.mlflow_model")  # the old class's home
+    info = Model.log(artifact_path=None, name="old-style", flavor=mlflow.pyfunc, run_id=run_id,
+                     python_model=pyfunc_model.LggUnetModel(), artifacts={"checkpoint": str(config.train.best_path)},
+                     signature=mlflow_model.SIGNATURE, pip_requirements=mlflow_model.requirements())
+    monkeypatch.undo()
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    assert b"tasks.mlflow_model" in (local / "python_model.pkl").read_bytes()
+    slices, expected = patient
+    np.testing.assert_array_equal(mlflow.pyfunc.load_model(info.model_uri).predict(slices), expected)

@@ -140,3 +140,15 @@ def check_slices(images: np.ndarray) -> None:
         )
     if images.shape[0] == 0:
         raise InputError("no slices: a volume needs at least one (S, H, W, 3) slice")
+
+
+def as_slices(model_input) -> np.ndarray:
+    """A served model's input as uint8 (N, H, W, 3); integers within 0..255 are taken as they are."""
+    images = np.asarray(model_input)
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.integer) or images.size and (images.min() < 0 or images.max() > 255):
+            raise InputError(f"expected uint8 slices (0..255) as read from the TIFFs, got {images.dtype} values; "
+                             "pass the raw slices, not normalised ones")
+        images = images.astype(np.uint8)
+    return images
+
