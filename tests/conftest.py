@@ -85,3 +85,15 @@ def prefect_api() -> str:
 
     with prefect_test_harness():
         yield PREFECT_API_URL.value()
+
+
+# Tests that start a Prefect server, run stages or DVC, or spawn Python processes: `make test` runs
+# them all; `pytest -m "not integration"` the fast rest (about a tenth of the time).
+INTEGRATION_FIXTURES = {"prefect_api"}
+INTEGRATION_MODULES = {"test_dvc_pipeline.py", "test_train_flow.py", "test_deployments.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames) or item.path.name in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)

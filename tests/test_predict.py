@@ -352,6 +352,7 @@ def test_overlay_outlines_the_mask_in_red_on_flair():
     assert overlay_image(image[:32, :32], mask[:32, :32]).shape == (256, 256, 3)  # small slices enlarged
 
 
+@pytest.mark.integration
 def test_the_module_runs_as_a_command(tmp_path, models):
     inputs = write_tiff(tmp_path)
     result = subprocess.run(
