@@ -6,9 +6,8 @@ STAMP  := $(VENV)/.installed
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Prefect's and DVC's analytics are off in flows/__init__.py (every stage imports it; so does the
-# Prefect server `make ui` starts, through PREFECT below); plain dvc commands read .dvc/config's
+# Prefect server `make ui` starts, python -m flows.server); plain dvc commands read .dvc/config's
 # core.analytics = false.
-PREFECT := $(BIN)/python -c "import flows; import sys; from prefect.cli import app; sys.argv[0] = 'prefect'; app()"
 
 .PHONY: install test demo clean ui ui-stop serve
 
@@ -67,7 +66,7 @@ endef
 
 ui: $(STAMP)
 	@mkdir -p $(UI_DIR) && echo '*' > $(UI_DIR)/.gitignore
-	$(call ui_start,prefect,$(PREFECT_UI)/api/health,$(PREFECT) server start --host 127.0.0.1 --port $(PREFECT_PORT))
+	$(call ui_start,prefect,$(PREFECT_UI)/api/health,$(BIN)/python -m flows.server --port $(PREFECT_PORT))
 	$(call ui_start,mlflow,$(MLFLOW_UI)/health,env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
 		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--artifacts-destination $(CURDIR)/mlartifacts)
@@ -93,3 +92,11 @@ ui-stop:
 # the deployments (flows/deploy.py): runs started from the UI execute here, one at a time
 serve: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-$(PREFECT_UI)/api} $(BIN)/python -m flows.deploy
+
+# --- the GPU check (benchmarks/README.md, "GPU check"): every GPU figure in one run that stops itself
+# inside 420 s, on the GPU machine's own torch (no install step: it would pull torch). Rehearse it on a
+# CPU with GPU_CHECK_ARGS="--device cpu --tiny"; benchmarks/gpu_wheels.sh fetches .gpu-wheels/ first.
+.PHONY: gpu-check
+gpu-check:
+	@test -n "$(OUT)" || { echo "usage: make gpu-check OUT=DIR [GPU_CHECK_ARGS='--device cpu --tiny']"; exit 2; }
+	bash benchmarks/gpu_check.sh $(GPU_CHECK_ARGS) $(OUT)

@@ -3,9 +3,10 @@
     make ui          # a Prefect server on :4200 and an MLflow server on :5000
     make serve       # this: registers the deployments and runs what the UI starts
 
-Each deployment runs ``flows.pipeline.pipeline_flow`` (a ``dvc exp run`` in this repository) with
-its own defaults; every parameter can be changed in the UI's "Custom run" form. Runs go one at a
-time (``--limit 1``): two DVC experiments in one workspace would fight over its lock.
+Each deployment runs ``flows.pipeline.pipeline_flow`` (``dvc exp run --temp`` in this repository:
+the workspace stays as it is; ``dvc exp apply NAME`` brings a run in) with its own defaults; every
+parameter can be changed in the UI's "Custom run" form, and the API refuses any it does not know
+(the parameter schema is enforced). Runs go one at a time (``--limit 1``).
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ import argparse
 import sys
 
 from flows.pipeline import pipeline_flow
-from tasks.experiment import check_server
+from tasks.server import check_server
 from unet.errors import InputError, UserError
 
 # name -> (description, default parameters)
 DEPLOYMENTS: dict[str, tuple[str, dict]] = {
     "dvc-experiment": (
-        "The whole DAG as a DVC experiment (dvc exp run -S ...): set epochs, lr, image size, the data "
-        "source or any params.yaml key under 'overrides'; see it afterwards in `dvc exp show`.",
+        "The whole DAG as a DVC experiment in a temporary copy (dvc exp run --temp -S ...): your workspace, "
+        "params.yaml and models stay as they are. Set epochs, lr, image size, the data source or any "
+        "params.yaml key but paths under 'overrides'; compare with `dvc exp show`, bring a run into the "
+        "workspace with `dvc exp apply NAME`.",
         {},
     ),
     "train-only": (
-        "Retrain with other hyperparameters: dvc exp run up to the train stage; the data stages are "
-        "reused from the DVC cache when their params did not change.",
+        "Retrain with other hyperparameters: dvc exp run --temp up to the train stage (the workspace stays "
+        "as it is); the data stages are reused from the DVC cache when their params did not change.",
         {"targets": ["train"]},
     ),
 }
@@ -42,7 +45,7 @@ def deployments(names: list[str] | None = None) -> list:
         raise InputError(f"no deployment {', '.join(unknown)}; there are {', '.join(DEPLOYMENTS)}")
     return [
         pipeline_flow.to_deployment(name, description=description, parameters=parameters, tags=TAGS,
-                                    entrypoint_type=EntrypointType.MODULE_PATH)
+                                    entrypoint_type=EntrypointType.MODULE_PATH, enforce_parameter_schema=True)
         for name, (description, parameters) in DEPLOYMENTS.items() if not names or name in names
     ]
 

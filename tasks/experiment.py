@@ -16,29 +16,30 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import typing
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 
 from unet.config import ConfigError, PipelineConfig, parse_config, read_params
-from unet.errors import EnvironmentMismatch, UserError
+from unet.errors import UserError
 
 TAIL_LINES = 40
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
 # the typed parameters a user sees in the UI, and the params.yaml key each one sets
 TYPED = {
     "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
-    "image_size": "prepare.image_size", "data_source": "data.source", "data_path": "data.path",
+    "image_size": "prepare.image_size", "data_source": "data.source",
     "model_variant": "model.variant", "device": "train.device",
 }
 RAN = re.compile(r"Running stage '([^']+)'")
 REUSED = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
 EXPERIMENT = re.compile(r"Ran experiment\(s\): (\S+)")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 class PipelineFailed(UserError, RuntimeError):
@@ -114,16 +115,49 @@ def check_targets(dvc_yaml: Path, targets: list[str]) -> None:
 
 def build_command(mode: str, overrides: Mapping[str, str], targets: list[str], name: str | None = None,
                   force: bool = False) -> list[str]:
-    """``dvc exp run [--name N] [-f] -S k=v ... [targets]`` or ``dvc repro [-f] [targets]``."""
+    """``dvc exp run [--temp] [--name N] [-f] -S k=v ... [targets]`` or ``dvc repro [-f] [targets]``.
+
+    ``temp`` runs the experiment in a copy of the workspace (``dvc exp run --temp``): the user's
+    params.yaml, models and pictures stay as they are until ``dvc exp apply NAME``.
+    """
     dvc = [sys.executable, "-m", "dvc"]
-    if mode == "experiment":
-        return [*dvc, "exp", "run", *(["--name", name] if name else []), *(["--force"] if force else []),
+    if name is not None and not NAME.match(name):
+        raise ConfigError(f"experiment_name {name!r}: use letters, digits, '.', '_' and '-' (up to 100), "
+                          "starting with a letter or digit")
+    if mode in ("experiment", "temp"):
+        return [*dvc, "exp", "run", *(["--temp"] if mode == "temp" else []), *(["--name", name] if name else []),
+                *(["--force"] if force else []),
                 *(arg for k, v in overrides.items() for arg in ("-S", f"{k}={v}")), *targets]
     if mode == "repro":
         if name:
             raise ConfigError(f"experiment_name {name!r} needs mode 'experiment'; 'repro' records no experiment")
         return [*dvc, "repro", *(["--force"] if force else []), *targets]
-    raise ConfigError(f"mode {mode!r}: use 'experiment' (dvc exp run) or 'repro' (dvc repro)")
+    raise ConfigError(f"mode {mode!r}: use 'temp' (dvc exp run --temp), 'experiment' (dvc exp run) or 'repro'")
+
+
+def _path_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, info in model.model_fields.items():
+        kinds = [info.annotation, *typing.get_args(info.annotation)]
+        nested = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+        if nested:
+            keys |= _path_keys(nested[0], f"{prefix}{name}.")
+        elif any(k is Path for k in kinds):
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+# keys a run started through the Prefect API may not set: folders and files on this machine (an
+# output there replaces what was there), and where MLflow sends the run
+LOCAL_ONLY = frozenset(_path_keys(PipelineConfig) | {"mlflow.tracking_uri"})
+
+
+def refuse_local_only(overrides: Mapping[str, str]) -> None:
+    """A run from the UI or the API cannot point the pipeline at another folder or store."""
+    bad = sorted(k for k in overrides if k in LOCAL_ONLY)
+    if bad:
+        raise ConfigError(f"a pipeline run cannot set {', '.join(bad)}: paths and the MLflow store come from "
+                          "params.yaml only (edit it, or run dvc exp run -S yourself)")
 
 
 def api_url() -> str | None:
@@ -221,7 +255,10 @@ def parse_cli(argv: list[str] | None, description: str) -> dict:
     parser.add_argument("targets", nargs="*", help="stages to run (and what they depend on); default: all")
     parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params.yaml key, as dvc exp run -S does")
-    parser.add_argument("--repro", action="store_true", help="dvc repro instead of dvc exp run")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--repro", action="store_true", help="write the overrides into params.yaml and dvc repro")
+    where.add_argument("--temp", action="store_true",
+                       help="dvc exp run --temp: in a copy, the workspace stays as it is (dvc exp apply NAME)")
     parser.add_argument("--name", help="the experiment's name")
     parser.add_argument("--force", action="store_true", help="rerun stages even if nothing changed")
     args = parser.parse_args(argv)
@@ -229,16 +266,23 @@ def parse_cli(argv: list[str] | None, description: str) -> dict:
     if bad:
         parser.error(f"-S {bad[0]!r}: write KEY=VALUE, e.g. -S train.epochs=3")
     return {"overrides": dict(s.split("=", 1) for s in args.set_param), "targets": args.targets,
-            "mode": "repro" if args.repro else "experiment", "experiment_name": args.name, "force": args.force}
+            "mode": "repro" if args.repro else "temp" if args.temp else "experiment", "experiment_name": args.name,
+            "force": args.force}
 
 
-def check_server(api_url: str | None) -> str:
-    """The API must be a server that stays up: runs started from its UI are what this serves."""
-    if not api_url:
-        raise EnvironmentMismatch("PREFECT_API_URL is not set: start a server (make ui) and "
-                           "export PREFECT_API_URL=http://127.0.0.1:4200/api")
-    try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=5):
-            return api_url
-    except (urllib.error.URLError, OSError) as exc:
-        raise EnvironmentMismatch(f"no Prefect server answers at {api_url} ({exc}): start one with make ui") from None
+def run_pipeline(root: Path, typed: Mapping[str, object], overrides: Mapping[str, str] | None, targets: list[str],
+                 *, mode: str, name: str | None, force: bool) -> dict:
+    """The pipeline flows' work: check everything a caller gave, run DVC, report, fail with DVC's tail."""
+    from prefect import get_run_logger
+
+    from tasks.reports import pipeline_report, publish
+
+    sets = collect_overrides(typed, overrides)
+    refuse_local_only(sets)
+    config = validate_overrides(root / "params.yaml", sets)
+    summary = run_experiment(root, config, sets, list(targets or []), mode=mode, name=name, force=force,
+                             log=get_run_logger().info)
+    publish("lgg-pipeline", pipeline_report(summary), description=f"lgg-pipeline: {summary['status']}")
+    check_finished(summary)
+    return summary
+

@@ -8,11 +8,16 @@ afterwards DVC is clean and the stages' artifacts are on the server.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -91,7 +96,7 @@ def test_the_dvc_command(mode, overrides, targets, name, force, expected):
 
 
 def test_unknown_stages_and_modes_are_refused():
-    with pytest.raises(ConfigError, match="no stage 'trian'; stages: download, prepare"):
+    with pytest.raises(ConfigError, match="no stage 'trian'; stages: check, download, prepare"):
         experiment.check_targets(REPO / "dvc.yaml", ["trian"])
     with pytest.raises(ConfigError, match="'repro' records no experiment"):
         experiment.build_command("repro", {}, [], "name")
@@ -130,8 +135,8 @@ def test_repro_mode_writes_the_overrides_into_params_yaml_keeping_its_comments(t
     calls = []
     monkeypatch.setattr(experiment, "run_dvc", fake_dvc(0, [], calls))
     monkeypatch.setattr(pipeline, "REPO", tmp_path)  # a copy: the real params.yaml stays as it is
-    summary = pipeline.pipeline_flow(epochs=2, overrides={"train.scheduler": "cosine"}, targets=["train"],
-                                     mode="repro")
+    summary = pipeline.workspace_flow(overrides={"train.epochs": "2", "train.scheduler": "cosine"},
+                                      targets=["train"], mode="repro", experiment_name=None, force=False)
     assert calls[0][3:] == ["repro", "train"] and summary["ran"] == ["train"]
     text = (tmp_path / "params.yaml").read_text()
     assert "epochs: 2 " in text and "scheduler: cosine " in text and "# the reference trains 100" in text
@@ -141,7 +146,7 @@ def test_a_failing_dvc_fails_the_run_with_its_last_lines(tmp_path, prefect_api, 
     monkeypatch.setattr(experiment, "run_dvc", fake_dvc(1, ["Running stage 'train':", "ERROR: boom"], []))
     state = pipeline.pipeline_flow(return_state=True)
     assert state.is_failed()
-    with pytest.raises(RuntimeError, match="dvc exp run failed \\(exit 1\\); its last lines:\nRunning stage 'train':\nERROR: boom"):
+    with pytest.raises(RuntimeError, match="dvc exp run --temp failed \\(exit 1\\); its last lines:\nRunning stage 'train':\nERROR: boom"):
         state.result()
 
 
@@ -268,16 +273,132 @@ def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, pref
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
             any_=["lgg-pipeline", "lgg-prepare", "lgg-weightmaps", "lgg-augment"])))
 
-    assert "up to date" in dvc(repo, "status", "augment")
     assert "from-the-ui" in dvc(repo, "exp", "list", "--name-only")
+    # the run was an experiment in a copy: the workspace is as it was until the user applies it
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert (params["prepare"]["image_size"], params["augment"]["copies"]) == (16, 1)
+    assert (params["prepare"]["image_size"], params["augment"]["copies"]) == (32, yaml.safe_load(PARAMS.read_text())["augment"]["copies"])
+    assert not (repo / "data").exists()
+    recorded = dvc(repo, "exp", "show", "--json")  # the experiment holds the run's params and outputs
+    assert '"from-the-ui"' in recorded and '"image_size": 16' in recorded and '"copies": 1' in recorded
 
     ours = {a.key: a.data for a in artifacts if a.created >= started}
     assert set(ours) == {"lgg-pipeline", "lgg-prepare", "lgg-weightmaps", "lgg-augment"}
     assert "| download | ran |" in ours["lgg-pipeline"] and "| augment | ran |" in ours["lgg-pipeline"]
-    assert "`dvc exp run --name from-the-ui -S augment.copies=1 -S prepare.image_size=16 augment`" \
+    assert "`dvc exp run --temp --name from-the-ui -S augment.copies=1 -S prepare.image_size=16 augment`" \
         in ours["lgg-pipeline"]
     assert "# prepare: 5 patients" in ours["lgg-prepare"] and "at 16 px" in ours["lgg-prepare"]
     assert "| class weight, tumour |" in ours["lgg-weightmaps"]
     assert "# augment: 1 copies of" in ours["lgg-augment"]
+
+
+# -- what an attacker who reaches the API cannot do ------------------------------------------------
+
+@pytest.mark.parametrize("key, value", [("prepare.out_dir", "/home/someone/important"), ("data.path", "/tmp/x"),
+                                        ("train.out_dir", "../elsewhere"), ("augment.preview", "/etc/passwd"),
+                                        ("mlflow.tracking_uri", "http://evil.example:5000")])
+def test_a_run_cannot_point_the_pipeline_at_another_folder_or_store(key, value, prefect_api, monkeypatch):
+    started = []
+    monkeypatch.setattr(experiment, "run_dvc", lambda *args: started.append(args))
+    state = pipeline.pipeline_flow(overrides={key: value}, return_state=True)
+    assert state.is_failed() and not started
+    with pytest.raises(ConfigError, match=f"cannot set {key}"):
+        state.result()
+
+
+@pytest.mark.parametrize("name", ["--force", "x; rm -rf ~", "../up", "a b"])
+def test_an_experiment_name_cannot_smuggle_options(name):
+    with pytest.raises(ConfigError, match="experiment_name"):
+        experiment.build_command("temp", {}, [], name)
+
+
+def test_the_flow_takes_no_folder_or_command_parameter():
+    import inspect
+
+    names = set(inspect.signature(pipeline.pipeline_flow.fn).parameters)
+    assert not names & {"repo", "data_path", "mode", "command", "cwd"}, names
+
+
+@pytest.fixture(scope="module")
+def locked_server(tmp_path_factory):
+    """``python -m flows.server`` (what make ui starts) with an auth string, on a free port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {**os.environ, "PREFECT_API_AUTH_STRING": "lgg:s3cret"}
+    env.pop("PREFECT_API_URL", None)
+    log = home / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "flows.server", "--port", str(port), "--home", str(home)],
+                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(f"{url}/api/health"), 90, "the locked server did not come up", log)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return None
+
+
+def _post(url: str, headers: dict[str, str]) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+def test_the_ui_server_refuses_a_foreign_page_and_a_caller_without_credentials(locked_server):
+    import base64
+
+    api = f"{locked_server}/api/deployments/filter"
+    auth = {"Authorization": "Basic " + base64.b64encode(b"lgg:s3cret").decode()}
+    evil = {"Origin": "http://evil.example"}
+    status, headers = _post(api, evil)
+    assert status in (401, 403)  # a foreign page without anything: refused
+    assert headers.get("access-control-allow-origin") not in ("*", "http://evil.example")
+    status, headers = _post(api, {**evil, **auth})
+    assert status == 403  # even with the credentials, no CSRF token: what a page in the user's browser could send
+    assert headers.get("access-control-allow-origin") not in ("*", "http://evil.example")
+    client = "test-client"
+    token_request = urllib.request.Request(f"{locked_server}/api/csrf-token?client={client}", headers=auth)
+    with urllib.request.urlopen(token_request, timeout=10) as response:
+        csrf = {"Prefect-Csrf-Token": json.loads(response.read())["token"], "Prefect-Csrf-Client": client}
+    assert _post(api, csrf)[0] == 401  # a token without the credentials: refused
+    assert _post(api, {**auth, **csrf})[0] == 200  # the UI's and the clients' own way in still works
+
+
+def test_the_served_deployment_refuses_a_parameter_it_does_not_know(repo, runner, prefect_api):
+    from prefect.client.orchestration import get_client
+
+    process, log = runner
+    with get_client(sync_client=True) as client:
+        served = wait_for(lambda: client.read_deployment_by_name("lgg-pipeline/dvc-experiment"), 60,
+                          "no deployment lgg-pipeline/dvc-experiment", log)
+        experiments = dvc(repo, "exp", "list", "--name-only")
+        for parameters in ({"repo": "/tmp/someone-elses-repo"}, {"mode": "repro"}, {"epochs": "many"}):
+            try:
+                flow_run = client.create_flow_run_from_deployment(served.id, parameters=parameters)
+            except Exception as refused:  # the API's parameter schema refused it outright
+                assert re.search("(?i)parameter|validation|schema", str(refused)), refused
+                continue
+
+            def finished():
+                run = client.read_flow_run(flow_run.id)
+                return run if run.state.is_final() else None
+
+            final = wait_for(finished, 120, "the flow run did not finish", log)
+            assert final.state.is_failed() or final.state.is_crashed(), final.state  # refused before any DVC
+    assert dvc(repo, "exp", "list", "--name-only") == experiments  # nothing ran

@@ -124,7 +124,7 @@ def test_fake_repo_folder_dep_covers(tmp_path, deps):
 
 
 def test_template_deps_resolve_against_params():
-    assert lc.stage_deps(DVC["stages"]["prepare"], PARAMS)[0] == f"{PARAMS['data']['raw_dir']}/kaggle_3m"
+    assert f"{PARAMS['data']['raw_dir']}/kaggle_3m" in lc.stage_deps(DVC["stages"]["prepare"], PARAMS)
     assert lc.resolve_template("${nope.x}/y", PARAMS) is None
 
 
