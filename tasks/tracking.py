@@ -28,7 +28,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from unet.config import MlflowConfig, PipelineConfig
-from unet.errors import InputError, MissingInputError
+from unet.errors import EnvironmentMismatch, InputError, MissingInputError
 from unet.io.atomic import atomic_file
 
 
@@ -60,9 +60,17 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return folder.as_uri()
 
 
+# MLflow's client retries a request 7 times with a growing backoff (about 4 minutes a call to a server
+# that went away); a stage fails faster, and training keeps going through an outage (tasks.train)
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
 def use_store(config: MlflowConfig, environ: Mapping[str, str] = os.environ) -> str:
-    """Point MLflow (this process) at the tracking store; return its URI."""
-    uri = tracking_uri(config, environ)
+    """Point MLflow (this process) at the tracking store, checked to answer first; return its URI."""
+    for key, value in HTTP_RETRIES.items():
+        os.environ.setdefault(key, value)
+    uri = check_store(config, environ)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -119,3 +127,23 @@ def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
     """Numeric entries of ``metrics`` at ``step``, to the run named (never the thread's active run)."""
     now = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in numeric(metrics).items()])
+
+
+def check_store(config: MlflowConfig, environ: Mapping[str, str] = os.environ) -> str:
+    """The tracking store answers (a server within seconds) or can be written (a SQLite file); its URI.
+
+    Called before a stage starts its work, so an MLflow server that is down costs one line, not
+    minutes of retries after the training.
+    """
+    from tasks.server import answers
+
+    uri = tracking_uri(config, environ)
+    if uri.startswith(("http://", "https://")) and (why := answers(f"{uri.rstrip('/')}/health")):
+        raise EnvironmentMismatch(f"the MLflow tracking server {uri} does not answer ({why}): start it (make ui), "
+                                  "or unset MLFLOW_TRACKING_URI to use the repository's sqlite store")
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
+            raise EnvironmentMismatch(f"the MLflow store {uri}: {folder} is not writable; set mlflow.tracking_uri")
+    return uri
+

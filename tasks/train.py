@@ -13,7 +13,7 @@ import os
 import json
 import subprocess
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tasks.common import stage_task
 from tasks.reports import publish, train_report
 from tasks.tracking import log_metrics, repo_root, use_experiment, write_run_file
 from unet.config import PipelineConfig, PrepareConfig
+from unet.errors import UserError
 from unet.io.layout import read_manifest
 from unet.train.stage import load_training_data
 
@@ -97,16 +98,22 @@ def log_training_data(manifest: pd.DataFrame, prepared: Path, digest: str) -> No
         mlflow.log_input(dataset, context="training")
 
 
-def _run_to_resume(path: Path, experiment_id: str) -> str | None:
-    """The run ``path`` names, if the store holds it in this experiment (a killed training goes on in it)."""
+def _run_to_resume(path: Path, experiment_id: str) -> tuple[str | None, str | None]:
+    """(the run to go on in, the finished run a new one follows) for the run ``path`` names.
+
+    A killed training goes on in its own run; a finished run (perhaps a registered model's) is never
+    reopened: the resumed training gets a new run tagged ``resumed_from``.
+    """
     if not path.is_file():
-        return None
+        return None, None
     run_id = json.loads(path.read_text())["run_id"]
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
-        return None
-    return run_id if run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active" else None
+        return None, None
+    if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        return None, None
+    return (None, run_id) if run.info.status == "FINISHED" else (run_id, None)
 
 
 def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
@@ -131,14 +138,15 @@ def train_run(config: PipelineConfig, *, resume: bool = False,
     digest, digest_source = prepared_data_hash(config.prepare.out_dir, root)
     experiment_id = use_experiment(config.mlflow, environ)
     client = MlflowClient()
-    resumed = _run_to_resume(config.train.run_path, experiment_id) if resume else None
+    resumed, follows = _run_to_resume(config.train.run_path, experiment_id) if resume else (None, None)
     with mlflow.start_run(run_id=resumed, experiment_id=experiment_id, log_system_metrics=True) as run:
         run_id = run.info.run_id
         write_run_file(config.train.run_path, {"run_id": run_id, "experiment_id": experiment_id,
                                           "experiment": config.mlflow.experiment})
         _log_params(client, run_id, param_values(config))
         tags = {"stage": "train", "data.digest": digest, "data.digest_source": digest_source,
-                "mlflow.source.git.commit": git_commit(root), "dvc.exp_name": environ.get("DVC_EXP_NAME")}
+                "mlflow.source.git.commit": git_commit(root), "dvc.exp_name": environ.get("DVC_EXP_NAME"),
+                "resumed_from": follows}
         for key, value in tags.items():
             if value:
                 client.set_tag(run_id, key, value)
@@ -152,16 +160,73 @@ def log_epoch(run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
     log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
 
-def epoch_reporter(run_id: str, epochs: int) -> Callable[[int, dict], None]:
-    """What the trainer calls after each epoch: one log line in Prefect, the metrics into MLflow."""
-    logger = get_run_logger()
+class EpochReporter:
+    """What the trainer calls after each epoch: one log line in Prefect, the metrics into MLflow.
 
-    def on_epoch(epoch: int, metrics: dict) -> None:
-        logger.info("epoch %d/%d: loss %.4f, val DSC %.4f (median %.4f), %.1f img/s", epoch, epochs,
-                    metrics["loss"], metrics["val_dsc"], metrics["val_dsc_median"], metrics["images_per_s"])
-        log_epoch(run_id, epoch, metrics)
+    An MLflow server that goes away does not stop the training: the epochs it could not take are
+    kept and sent with the next epoch that gets through (``flush`` at the end tries once more);
+    ``metrics/train_history.csv`` holds every epoch whatever happens.
+    """
 
-    return on_epoch
+    def __init__(self, run_id: str, epochs: int) -> None:
+        self.run_id, self.epochs = run_id, epochs
+        self.pending: list[tuple[int, dict]] = []
+        self.logger = get_run_logger()
+
+    def __call__(self, epoch: int, metrics: dict) -> None:
+        self.logger.info("epoch %d/%d: loss %.4f, val DSC %.4f (median %.4f), %.1f img/s", epoch, self.epochs,
+                         metrics["loss"], metrics["val_dsc"], metrics["val_dsc_median"], metrics["images_per_s"])
+        self.pending.append((epoch, dict(metrics)))
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send what is pending; False (and a warning) when the server does not take it."""
+        try:
+            while self.pending:
+                log_epoch(self.run_id, *self.pending[0])
+                self.pending.pop(0)
+        except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
+            self.logger.warning("MLflow did not take epoch %d (%s); training goes on, it is kept and sent "
+                                "later", self.pending[0][0], str(exc).splitlines()[0][:200])
+            return False
+        return True
+
+
+def epoch_reporter(run_id: str, epochs: int) -> EpochReporter:
+    return EpochReporter(run_id, epochs)
+
+
+def store_answers() -> bool:
+    """Whether the tracking store MLflow points at answers now (a SQLite file always does)."""
+    from tasks.server import answers
+
+    uri = mlflow.get_tracking_uri()
+    return not uri.startswith(("http://", "https://")) or answers(f"{uri.rstrip('/')}/health") is None
+
+
+class TrackingLost(UserError, RuntimeError):
+    """The training finished, but the MLflow store went away before it took the results."""
+
+
+def finish_run(run_id: str, config: PipelineConfig, summary: Mapping[str, Any], reporter: EpochReporter) -> str:
+    """The epochs still pending, the summary and the model into the run; returns the model's URI.
+
+    When the store is still gone, one message says where the results are and how to log them.
+    """
+    try:
+        if not reporter.flush():
+            raise MlflowException(f"{len(reporter.pending)} epoch(s) could not be sent")
+        log_training_summary(run_id, config, summary)
+        return log_trained_model(run_id, config)
+    except (MlflowException, OSError) as exc:
+        if store_answers():
+            raise  # the store is there: this is not an outage but a fault to see whole
+        raise TrackingLost(
+            f"the training finished ({config.train.best_path}, {config.train.history_path}) but the MLflow store "
+            f"{mlflow.get_tracking_uri()} did not take run {run_id} ({str(exc).splitlines()[0][:200]}); when it "
+            "answers again, log it with train.resume: true (dvc repro train -S train.resume=true): the finished "
+            "checkpoint is continued for no epoch and its run completed"
+        ) from None
 
 
 @stage_task(name="log-training-summary")

@@ -125,3 +125,24 @@ def test_whole_pipeline_ends_with_a_champion_a_new_process_can_use(repo, prefect
     again = dvc(repo, "repro", api=prefect_api)
     assert "Running stage" not in again.stdout
     assert "up to date" in dvc(repo, "status", api=prefect_api).stdout
+
+
+def test_a_params_typo_stops_dvc_before_any_output_is_removed(repo, prefect_api):
+    """The check stage runs first when params.yaml changed: one line, and every stage's outputs stay."""
+    dvc(repo, "repro", api=prefect_api)
+    before = {path: path.stat().st_mtime_ns for path in (repo / "models/best.pt", repo / "metrics/train.json")}
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("train:\n", "train:\n  epoch: 3\n", 1))
+    try:
+        env = {**os.environ, "PREFECT_API_URL": prefect_api,
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True,
+                                text=True, timeout=300)
+    finally:
+        (repo / "params.yaml").write_text(text)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "train.epoch: unknown key" in output and "Running stage 'train'" not in output
+    assert "Traceback" not in output
+    assert {path: path.stat().st_mtime_ns for path in before} == before
+

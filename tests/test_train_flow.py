@@ -119,3 +119,41 @@ def test_resume_with_another_recipe_is_refused(stage_root, prefect_api, tmp_path
     params["train"].update(resume=True, epochs=2, lr=0.5)
     with pytest.raises(ValueError, match="train.lr"):
         train.run(parse_config(params))
+
+
+def test_a_failed_resume_leaves_the_finished_run_as_it_was(stage_root, tmp_path):
+    """A truncated checkpoint stops the stage before any MLflow run is reopened or the run file rewritten."""
+    from mlflow import MlflowClient
+
+    from flows import train
+    from unet.errors import InputError
+
+    params = params_for(stage_root, epochs=1, out_dir=str(tmp_path / "models"), metrics_dir=str(tmp_path / "m"))
+    train.run(parse_config(params))
+    run_file = tmp_path / "m/mlflow_run.json"
+    record = json.loads(run_file.read_text())
+    assert "model_uri" in record
+    checkpoint = tmp_path / "models/checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated, as by a full disk
+    params["train"].update(resume=True, epochs=2)
+    with pytest.raises(InputError, match="not a readable lgg-unet checkpoint"):
+        train.run(parse_config(params))
+    assert json.loads(run_file.read_text()) == record
+    assert MlflowClient().get_run(record["run_id"]).info.status == "FINISHED"
+
+
+def test_resuming_after_a_finished_run_opens_a_new_run_linked_to_it(stage_root, tmp_path):
+    from mlflow import MlflowClient
+
+    from flows import train
+
+    params = params_for(stage_root, epochs=1, out_dir=str(tmp_path / "models"), metrics_dir=str(tmp_path / "m"))
+    train.run(parse_config(params))
+    first = json.loads((tmp_path / "m/mlflow_run.json").read_text())["run_id"]
+    params["train"].update(resume=True, epochs=2)
+    train.run(parse_config(params))
+    second = json.loads((tmp_path / "m/mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient()
+    assert second != first and client.get_run(second).data.tags["resumed_from"] == first
+    assert client.get_run(first).info.status == "FINISHED" and client.get_run(second).info.status == "FINISHED"
+    assert "model_uri" in json.loads((tmp_path / "m/mlflow_run.json").read_text())

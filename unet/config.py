@@ -299,6 +299,11 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
+    @property
+    def checked_path(self) -> Path:
+        """The check stage's constant output, on which every stage depends (``flows/check.py``)."""
+        return Path(".params-checked")
+
     @model_validator(mode="after")
     def _size_fits_depth(self) -> PipelineConfig:
         step = 2**self.model.depth
@@ -342,13 +347,33 @@ def parse_config(raw: dict | None, *, source: str = "params.yaml") -> PipelineCo
         raise ConfigError(f"{source} has {len(lines)} invalid value(s):\n" + "\n".join(lines)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last, silently; DVC refuses)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.name}: {key!r} is given twice in one section, on lines {seen[key]} and "
+                                  f"{line}; keep one (DVC refuses the file, and the stages must not pick one)")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params(path: str | Path = "params.yaml") -> dict:
     """The params file as a plain mapping (not yet validated); a clear error when it is missing or not YAML."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file; run from the repository root or pass --params")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        loader = _UniqueKeyLoader(path.read_text())
+        loader.name = str(path)
+        try:
+            return loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
 

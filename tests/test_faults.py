@@ -1,0 +1,178 @@
+"""Faults a user meets: stale staging folders, full disks, odd permissions, duplicate keys, servers away."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from unet.config import ConfigError, load_config
+from unet.io.atomic import OutputError, atomic_dir, atomic_file, sweep_stale
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- outputs: nothing left behind, the permissions of a plain write ----------------------------------
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_killed_writers_staging_folder_is_swept_at_the_next_write(tmp_path):
+    target = tmp_path / "weightmaps"
+    stale = tmp_path / f".weightmaps.tmp-{dead_pid()}-abc123"
+    (stale / "arrays").mkdir(parents=True)
+    live = tmp_path / f".weightmaps.tmp-{os.getppid()}-def456"  # a live process's: left alone
+    live.mkdir()
+    with atomic_dir(target) as staging:
+        (staging / "x").write_text("1")
+    assert not stale.exists() and live.exists() and (target / "x").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "weightmaps"]
+
+
+def test_a_failed_write_leaves_the_target_and_no_staging(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old").write_text("kept")
+    with pytest.raises(RuntimeError, match="patient task failed"):
+        with atomic_dir(target) as staging:
+            (staging / "half").write_text("x")
+            raise RuntimeError("patient task failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "old").read_text() == "kept"
+
+
+def test_staged_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "folder") as staging:
+            (staging / "f").write_text("x")
+        with atomic_file(tmp_path / "file.json", "w") as handle:
+            handle.write("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "file.json").stat().st_mode) == 0o644
+
+
+def test_a_disk_too_small_is_refused_before_writing(tmp_path):
+    with pytest.raises(OutputError, match=f"{tmp_path}: needs about .* bytes but its disk has .* free"):
+        with atomic_dir(tmp_path / "augmented", expected_bytes=1 << 60):
+            raise AssertionError("nothing is written")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code, message", [(errno.ENOSPC, "no space left writing train.json"),
+                                           (errno.EROFS, "cannot write train.json there")])
+def test_a_full_disk_or_read_only_folder_is_one_line_naming_it(tmp_path, monkeypatch, code, message):
+    def fail(src, dst):
+        raise OSError(code, os.strerror(code), str(dst))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OutputError, match=message) as error:
+        with atomic_file(tmp_path / "metrics" / "train.json", "w") as handle:
+            handle.write("{}")
+    assert str(tmp_path / "metrics") in str(error.value)
+    assert not [p for p in (tmp_path / "metrics").iterdir()]  # the temporary file is gone too
+
+
+def test_an_oserror_that_is_not_about_the_output_keeps_its_type(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with atomic_dir(tmp_path / "out"):
+            open(tmp_path / "elsewhere" / "missing.txt")
+
+
+def test_sweep_ignores_other_names(tmp_path):
+    (tmp_path / ".weightmaps.tmp-notapid-x").mkdir()
+    (tmp_path / ".other.tmp-1-x").mkdir()
+    assert sweep_stale(tmp_path / "weightmaps") == []
+
+
+# -- params.yaml --------------------------------------------------------------------------------------
+
+def test_a_duplicate_key_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: 0.001\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"'epochs' is given twice in one section, on lines 2 and 4"):
+        load_config(path)
+
+
+# -- servers that are away ----------------------------------------------------------------------------
+
+def run_check(tmp_path, **env) -> tuple[subprocess.CompletedProcess, float]:
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "flows.check", "--params", str(params)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True,
+                            timeout=60)
+    return result, time.monotonic() - started
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_an_mlflow_server_that_is_down_is_one_line_within_seconds(tmp_path):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    result, seconds = run_check(tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert result.returncode == 1 and seconds < 20
+    assert result.stderr.count("\n") == 1 and uri in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_a_prefect_api_that_never_answers_is_a_bounded_wait(tmp_path):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/api"
+    try:
+        result, seconds = run_check(tmp_path, PREFECT_API_URL=url, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db")
+    finally:
+        server.close()
+    assert result.returncode == 1 and seconds < 20 and accepted
+    assert f"PREFECT_API_URL={url} does not answer" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_training_goes_on_through_an_mlflow_outage_and_sends_the_epochs_later(monkeypatch, prefect_api):
+    from mlflow.exceptions import MlflowException
+    from prefect import flow
+
+    from tasks import train as train_tasks
+
+    sent, down = [], {"epochs": {2, 3}}
+
+    def log_epoch(run_id, epoch, metrics):
+        if epoch in down["epochs"]:
+            raise MlflowException("API request failed: Connection refused")
+        sent.append(epoch)
+
+    monkeypatch.setattr(train_tasks, "log_epoch", log_epoch)
+    metrics = {"loss": 0.5, "val_dsc": 0.5, "val_dsc_median": 0.5, "images_per_s": 1.0}
+
+    @flow
+    def training():
+        reporter = train_tasks.epoch_reporter("run", 4)
+        for epoch in (1, 2, 3):
+            reporter(epoch, metrics)
+        assert sent == [1] and [e for e, _ in reporter.pending] == [2, 3]
+        down["epochs"] = set()  # the server is back
+        reporter(4, metrics)
+        return reporter
+
+    reporter = training()
+    assert sent == [1, 2, 3, 4] and not reporter.pending
