@@ -30,7 +30,9 @@ from mlflow.types import Schema, TensorSpec
 MODEL_NAME = "model"  # the model's name in its run
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),  # (N, H, W, RGB): any N and size
+    # (N, H, W, RGB), any N and size. A server casts JSON numbers to uint8 before the model sees them
+    # (0.5 becomes 0): the model refuses a volume whose values stay within 0..1 (unet.predict.segmenter)
+    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
     outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),  # (N, H, W) 0/1
 )
 # what importing unet.predict.segmenter needs, pinned to the versions it was logged with

@@ -27,10 +27,17 @@ class LggUnetModel(mlflow.pyfunc.PythonModel):
         self.segmenter = Segmenter.from_checkpoint(Path(context.artifacts["checkpoint"]), device=device)
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from unet.errors import InputError
         from unet.predict.segmenter import as_slices
 
-        # an ndarray hint: MLflow checks the input against the signature, not the hint
-        return self.segmenter.segment(as_slices(model_input))
+        # an ndarray hint: MLflow checks the input against the signature (shape), not the hint
+        try:
+            return self.segmenter.segment(as_slices(model_input))
+        except InputError as exc:  # the server answers 400 with the message, not 500
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 mlflow.models.set_model(LggUnetModel())

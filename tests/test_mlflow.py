@@ -263,11 +263,47 @@ def test_mlflow_models_serve_answers_with_the_mask(tracked, patient, tmp_path):
                                          data=json.dumps({"inputs": slices.tolist()}).encode(),
                                          headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        refused = {}  # wrong input: a 4xx that says what the model takes, never a confident wrong mask
+        for name, bad in {"normalised floats": (slices / 255.0).tolist(),
+                          "out of range": (slices.astype(np.int64) * 2).tolist(),
+                          "one channel": slices[..., 0].tolist()}.items():
+            wrong = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                           data=json.dumps({"inputs": bad}).encode(),
+                                           headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as error:
+                urllib.request.urlopen(wrong, timeout=60)
+            refused[name] = (error.value.code, error.value.read().decode())
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn it started, in their own session
         server.wait(timeout=30)
     np.testing.assert_array_equal(np.asarray(answer["predictions"], np.uint8), expected)
+    assert all(400 <= code < 500 for code, _ in refused.values()), refused
+    assert "normalised" in refused["normalised floats"][1]
+
+
+@pytest.mark.parametrize("bad, message", [(lambda s: (s / 255.0).astype(np.float32), "dtype"),
+                                          (lambda s: (s > 128).astype(np.uint8), "within 0..1 only")])
+def test_the_model_refuses_what_is_not_raw_slices(tracked, patient, bad, message):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    slices, expected = patient
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    with pytest.raises(MlflowException, match=message):
+        model.predict(bad(slices))
+
+
+@pytest.mark.parametrize("values, message", [(np.full((2, 4, 4, 3), 0.5), "values 0.5..0.5"),
+                                             (np.full((2, 4, 4, 3), 300), "values 300..300"),
+                                             (np.ones((2, 4, 4, 3)), "within 0..1 only")])
+def test_raw_slices_are_whole_values_0_to_255(values, message):
+    from unet.errors import InputError
+    from unet.predict.segmenter import as_slices
+
+    with pytest.raises(InputError, match=message):
+        as_slices(values)
+    assert as_slices(np.full((1, 2, 2, 3), 200.0)).dtype == np.uint8
 
 
 def test_the_model_is_logged_as_code_not_as_a_pickle(tracked):

@@ -171,14 +171,28 @@ def test_an_empty_prediction_still_shows_the_middle_slice(tmp_path, models):
     assert summary["tumour_voxels"] == 0 and summary["overlays"] == ["overlays/slice_003.png"]
 
 
-def test_rerun_replaces_its_own_outputs_and_keeps_other_files(tmp_path, models):
+def test_a_non_empty_output_folder_is_refused_unless_told(tmp_path, models, capsys):
     out = tmp_path / "out"
     (out / "overlays").mkdir(parents=True)
-    (out / "overlays/slice_999.png").write_bytes(b"stale")
+    (out / "overlays/figure.png").write_bytes(b"a user's figure")
     (out / "notes.txt").write_text("mine")
-    assert run(tmp_path, models["tumour"], write_tiff(tmp_path)) == 0
+    assert run(tmp_path, models["tumour"], write_tiff(tmp_path)) == 2
+    assert f"{out}: --output is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "overlays"]
+    assert (out / "overlays/figure.png").read_bytes() == b"a user's figure"
+
+
+def test_overwrite_replaces_only_what_an_earlier_run_wrote(tmp_path, models):
+    out = tmp_path / "out"
+    assert run(tmp_path, models["tumour"], write_folder(tmp_path)) == 0
+    earlier = json.loads((out / "summary.json").read_text())["overlays"]
+    (out / "overlays/figure.png").write_bytes(b"a user's figure")
+    (out / "notes.txt").write_text("mine")
+    assert run(tmp_path, models["tumour"], write_tiff(tmp_path), "--overwrite") == 0
     assert sorted(p.name for p in out.iterdir()) == ["mask.nii.gz", "notes.txt", "overlays", "summary.json"]
-    assert [p.name for p in (out / "overlays").iterdir()] == ["slice_001.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["figure.png", "slice_001.png"]
+    assert earlier and all(not (out / name).exists() for name in earlier if name != "overlays/slice_001.png")
+    assert (out / "notes.txt").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
 
 

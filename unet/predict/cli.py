@@ -17,10 +17,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from unet.device import DEVICES, select_device
+from unet.io.atomic import staging_dir
 from unet.errors import EnvironmentMismatch, InputError, UserError
 from unet.metrics import most_tumour_slices
 from unet.predict.scan import Scan, read_scan, write_mask, write_overlay
@@ -57,6 +56,7 @@ class PredictOptions:
     threshold: float | None = None  # None: the checkpoint's own
     largest_component: bool = True
     all_overlays: bool = False
+    overwrite: bool = False  # replace an earlier lgg-predict result in --output
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,6 +77,7 @@ def load_segmenter(options: PredictOptions) -> Segmenter:
 def predict(options: PredictOptions) -> dict[str, Any]:
     """Read, segment and write one scan; returns the summary that ``summary.json`` holds."""
     started = time.perf_counter()
+    check_output(Path(options.output).resolve(), options.overwrite)  # before the work, not after it
     scan = read_scan(options.inputs)
     warnings = []
     if scan.images.shape[0] == 1:
@@ -89,7 +90,7 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     shown = range(len(mask)) if options.all_overlays else most_tumour_slices(mask, count=N_OVERLAYS)
     overlays = {f"{OVERLAY_DIR}/slice_{scan.slice_numbers[k]:03d}.png": k for k in shown}
     summary = summarise(scan, mask, segmenter, options, list(overlays), warnings)
-    write_outputs(options.output, scan, mask, summary, overlays)
+    write_outputs(options.output, scan, mask, summary, overlays, overwrite=options.overwrite)
     log.info("read %.2f s, segment %.2f s, write %.2f s", read_s, segment_s,
              time.perf_counter() - started - read_s - segment_s)
     return summary
@@ -130,30 +131,47 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_outputs(output: Path, scan: Scan, mask: np.ndarray, summary: dict[str, Any],
-                  overlays: dict[str, int]) -> None:
-    """Write everything into a staging folder beside ``output``, then move it in (summary last)."""
-    output = Path(output).resolve()
+def earlier_outputs(output: Path) -> list[Path]:
+    """The files an earlier lgg-predict wrote to ``output`` (its summary lists them): all it may replace."""
+    summary = output / SUMMARY_NAME
+    try:
+        listed = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return []
+    return [output / name for name in [listed.get("mask", MASK_NAME), *listed.get("overlays", [])]] + [summary]
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """``--output`` must be a new or empty folder, or, with ``--overwrite``, hold an earlier result."""
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: --output exists and is not a folder; name a folder")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()  # the user's umask applies, unlike tempfile.mkdtemp's 0700
-    try:
+    entries = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    if entries and not overwrite:
+        raise InputError(f"{output}: --output is not empty ({len(entries)} entries, e.g. {entries[0]}); name a "
+                         "new folder, or pass --overwrite to replace an earlier lgg-predict result in it "
+                         "(nothing else there is touched)")
+
+
+def write_outputs(output: Path, scan: Scan, mask: np.ndarray, summary: dict[str, Any],
+                  overlays: dict[str, int], *, overwrite: bool = False) -> None:
+    """Write everything into a staging folder beside ``output``, then move it in (summary last).
+
+    Only files this command writes are ever replaced or removed (an earlier result's, as its
+    summary lists them); a user's own files in ``output`` are left alone.
+    """
+    output = Path(output).resolve()
+    check_output(output, overwrite)
+    with staging_dir(output) as staging:
         (staging / OVERLAY_DIR).mkdir()
         write_mask(staging / MASK_NAME, mask, scan, description=f"lgg-unet prediction, {scan.kind} input")
         for name, k in overlays.items():
             write_overlay(staging / name, scan.images[k], mask[k])
         (staging / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
-        if not output.exists():
-            os.replace(staging, output)
-            return
-        if (output / OVERLAY_DIR).exists():
-            shutil.rmtree(output / OVERLAY_DIR)
-        for name in (OVERLAY_DIR, MASK_NAME, SUMMARY_NAME):
+        for old in earlier_outputs(output):
+            old.unlink(missing_ok=True)
+        (output / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
+        for name in [MASK_NAME, *overlays, SUMMARY_NAME]:
             os.replace(staging / name, output / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def one_line(summary: dict[str, Any], output: Path) -> str:
@@ -189,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
              "volume). uint8 intensities are used as they are; any other numeric type is scaled to 0..255, "
              "each sequence over the whole volume from its minimum to its maximum")
     parser.add_argument("--output", type=Path, required=True, metavar="DIR",
-                        help="folder for the results; created if missing, earlier results in it are replaced")
+                        help="folder for the results: a new or empty folder (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--output may hold an earlier lgg-predict result: replace its files (and only those)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the network runs: auto picks CUDA when torch sees a GPU (default: auto)")
     parser.add_argument("--tta", action="store_true",
@@ -212,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     options = PredictOptions(args.model, args.inputs, args.output, args.device, args.tta, args.threshold,
-                             args.largest_component, args.all_overlays)
+                             args.largest_component, args.all_overlays, args.overwrite)
     try:
         summary = predict(options)
     except (UserError, OSError) as exc:  # what the user can fix; anything else is a bug and keeps its traceback

@@ -142,13 +142,23 @@ def check_slices(images: np.ndarray) -> None:
         raise InputError("no slices: a volume needs at least one (S, H, W, 3) slice")
 
 
+RAW_SLICES = "one patient's raw slices (N, H, W, 3) with whole values 0..255 as read from the TIFFs"
+
+
 def as_slices(model_input) -> np.ndarray:
-    """A served model's input as uint8 (N, H, W, 3); integers within 0..255 are taken as they are."""
+    """A served model's input as uint8 (N, H, W, 3): whole numbers within 0..255 are taken as they are;
+    fractional, out-of-range or normalised values are refused.
+
+    A volume whose values all lie within 0..1 is refused too: a scan's intensities reach far above 1,
+    and a server casts normalised floats to 0 and 1 before the model sees them.
+    """
     images = np.asarray(model_input)
-    if images.dtype != np.uint8:
-        if not np.issubdtype(images.dtype, np.integer) or images.size and (images.min() < 0 or images.max() > 255):
-            raise InputError(f"expected uint8 slices (0..255) as read from the TIFFs, got {images.dtype} values; "
-                             "pass the raw slices, not normalised ones")
-        images = images.astype(np.uint8)
-    return images
+    numeric = np.issubdtype(images.dtype, np.number) and images.size
+    if not numeric or images.min() < 0 or images.max() > 255 or not np.array_equal(images, np.round(images)):
+        shown = f"{images.dtype} values {images.min()}..{images.max()}" if numeric else f"{images.dtype} {images.shape}"
+        raise InputError(f"expected {RAW_SLICES}, got {shown}: pass the raw slices, not normalised ones")
+    if images.max() <= 1:
+        raise InputError(f"expected {RAW_SLICES}, got values within 0..1 only: normalised slices (a server casts "
+                         "them to 0 and 1); pass the raw slices")
+    return images.astype(np.uint8)
 
