@@ -139,10 +139,11 @@ def train_run(config: PipelineConfig, *, resume: bool = False,
     experiment_id = use_experiment(config.mlflow, environ)
     client = MlflowClient()
     resumed, follows = _run_to_resume(config.train.run_path, experiment_id) if resume else (None, None)
-    with mlflow.start_run(run_id=resumed, experiment_id=experiment_id, log_system_metrics=True) as run:
-        run_id = run.info.run_id
+    run = mlflow.start_run(run_id=resumed, experiment_id=experiment_id, log_system_metrics=True)
+    run_id = run.info.run_id
+    try:
         write_run_file(config.train.run_path, {"run_id": run_id, "experiment_id": experiment_id,
-                                          "experiment": config.mlflow.experiment})
+                                               "experiment": config.mlflow.experiment})
         _log_params(client, run_id, param_values(config))
         tags = {"stage": "train", "data.digest": digest, "data.digest_source": digest_source,
                 "mlflow.source.git.commit": git_commit(root), "dvc.exp_name": environ.get("DVC_EXP_NAME"),
@@ -153,7 +154,25 @@ def train_run(config: PipelineConfig, *, resume: bool = False,
         # mlflow.log_input logs to this thread's active run: the one just opened here
         log_training_data(manifest, config.prepare.out_dir, digest)
         yield run_id
+    except BaseException:
+        _end_run(run_id, "FAILED")
+        raise
+    _end_run(run_id, "FINISHED")
 
+
+def _end_run(run_id: str, status: str) -> None:
+    """End the active run; when the store is gone the run stays RUNNING there (a resume finishes it)
+    and the stage's own error is what the user sees, not the failed status update."""
+    from mlflow.tracking import fluent
+
+    try:
+        mlflow.end_run(status)  # pops the run, then tells the store
+    except (MlflowException, OSError):
+        if store_answers():
+            raise
+        monitor = fluent.run_id_to_system_metrics_monitor.pop(run_id, None)  # MLflow would stop it after
+        if monitor is not None:
+            monitor.finish()
 
 def log_epoch(run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
     """One epoch's loss, val_dsc, ... with ``step=epoch`` (called from the trainer's on_epoch)."""
