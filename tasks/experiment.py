@@ -10,6 +10,7 @@ into the run's log; what ran is read from DVC's own messages.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -59,6 +60,11 @@ def collect_overrides(typed: Mapping[str, object], overrides: Mapping[str, str] 
     return merged
 
 
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _set(raw: dict, key: str, value: object) -> str | None:
     """Put ``value`` at dotted ``key`` in ``raw``; the key must exist (as ``dvc exp run -S`` wants)."""
     *path, leaf = key.split(".")
@@ -66,11 +72,12 @@ def _set(raw: dict, key: str, value: object) -> str | None:
     for part in path:
         if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
             where = ".".join(seen) or "params.yaml"
-            keys = ", ".join(k for k, v in node.items() if isinstance(v, dict)) if isinstance(node, dict) else ""
-            return f"  {key}: {where} has no section {part!r}; sections: {keys}"
+            sections = [k for k, v in node.items() if isinstance(v, dict)] if isinstance(node, dict) else []
+            return f"  {key}: {where} has no section {part!r}; sections: {', '.join(sections)}" \
+                   f"{_did_you_mean(part, sections)}"
         node, seen = node[part], [*seen, part]
     if leaf not in node:
-        return f"  {key}: unknown key; {'.'.join(seen)} has {', '.join(node)}"
+        return f"  {key}: unknown key; {'.'.join(seen)} has {', '.join(node)}{_did_you_mean(leaf, list(node))}"
     node[leaf] = value
     return None
 
@@ -100,10 +107,15 @@ def validate_overrides(params_path: Path, overrides: Mapping[str, str]) -> Pipel
             continue
         if problem := _set(raw, key, override.value()):
             errors.append(problem)
+    source = f"{params_path} with the run's overrides"
+    try:
+        config = parse_config(raw, source=source)  # the values of the keys that exist: reported beside the rest
+    except ConfigError as exc:
+        errors += str(exc).splitlines()[1:]
+        config = None
     if errors:
-        raise ConfigError(f"{params_path} with the run's overrides has {len(errors)} invalid key(s):\n"
-                          + "\n".join(errors))
-    return parse_config(raw, source=f"{params_path} with the run's overrides")
+        raise ConfigError(f"{source} has {len(errors)} invalid key(s) or value(s):\n" + "\n".join(errors))
+    return config
 
 
 def check_targets(dvc_yaml: Path, targets: list[str]) -> None:
@@ -272,17 +284,27 @@ def parse_cli(argv: list[str] | None, description: str) -> dict:
 
 def run_pipeline(root: Path, typed: Mapping[str, object], overrides: Mapping[str, str] | None, targets: list[str],
                  *, mode: str, name: str | None, force: bool) -> dict:
-    """The pipeline flows' work: check everything a caller gave, run DVC, report, fail with DVC's tail."""
+    """The pipeline flows' work: check everything a caller gave, run DVC, report, fail with DVC's tail.
+
+    A user's mistake (a bad value, a failed stage) fails the run with its message said once, in
+    the run's log and as the run's state message, without a traceback.
+    """
     from prefect import get_run_logger
+    from prefect.states import Failed
 
     from tasks.reports import pipeline_report, publish
 
-    sets = collect_overrides(typed, overrides)
-    refuse_local_only(sets)
-    config = validate_overrides(root / "params.yaml", sets)
-    summary = run_experiment(root, config, sets, list(targets or []), mode=mode, name=name, force=force,
-                             log=get_run_logger().info)
-    publish("lgg-pipeline", pipeline_report(summary), description=f"lgg-pipeline: {summary['status']}")
-    check_finished(summary)
+    logger = get_run_logger()
+    try:
+        sets = collect_overrides(typed, overrides)
+        refuse_local_only(sets)
+        config = validate_overrides(root / "params.yaml", sets)
+        summary = run_experiment(root, config, sets, list(targets or []), mode=mode, name=name, force=force,
+                                 log=logger.info)
+        publish("lgg-pipeline", pipeline_report(summary), description=f"lgg-pipeline: {summary['status']}")
+        check_finished(summary)
+    except UserError as exc:
+        logger.error("%s", exc)
+        return Failed(message=str(exc), data=exc)
     return summary
 

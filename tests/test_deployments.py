@@ -402,3 +402,18 @@ def test_the_served_deployment_refuses_a_parameter_it_does_not_know(repo, runner
             final = wait_for(finished, 120, "the flow run did not finish", log)
             assert final.state.is_failed() or final.state.is_crashed(), final.state  # refused before any DVC
     assert dvc(repo, "exp", "list", "--name-only") == experiments  # nothing ran
+
+
+def test_every_bad_value_is_reported_at_once_with_a_suggestion():
+    with pytest.raises(ConfigError) as error:
+        experiment.validate_overrides(PARAMS, {"train.epoch": "3", "train.epochs": "0", "trian.lr": "1"})
+    message = str(error.value)
+    assert "3 invalid" in message and "train.epochs: 0" in message
+    assert "did you mean 'epochs'?" in message and "did you mean 'train'?" in message
+
+
+def test_a_failed_run_says_its_message_once_without_a_traceback(prefect_api, monkeypatch):
+    monkeypatch.setattr(experiment, "run_dvc", lambda *args: pytest.fail("DVC must not start"))
+    state = pipeline.pipeline_flow(overrides={"train.epoch": "3"}, return_state=True)
+    assert state.is_failed() and "did you mean 'epochs'?" in state.message and "Traceback" not in state.message
+    assert state.message.count("train.epoch") == 1

@@ -12,6 +12,7 @@ place they are spelt in Python; ``dvc.yaml`` names the same files (a test checks
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -317,6 +318,19 @@ class PipelineConfig(_Section):
         return self
 
 
+def _did_you_mean(loc: tuple) -> str:
+    """`` (did you mean 'epochs'?)`` for an unknown key close to one its section has."""
+    model: type[BaseModel] = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _describe(error: dict, raw: dict) -> str:
     """One line per fault: the dotted key, the value given, and what would be accepted."""
     loc = [str(part) for part in error["loc"]]
@@ -326,7 +340,7 @@ def _describe(error: dict, raw: dict) -> str:
         value = value.get(part, "<missing>") if isinstance(value, dict) else "<missing>"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return f"  {key}: unknown key (value {value!r}); remove it or fix its spelling"
+        return f"  {key}: unknown key (value {value!r}){_did_you_mean(error['loc'])}; remove it or fix its spelling"
     if error["type"] == "literal_error":
         allowed = error.get("ctx", {}).get("expected", "")
         return f"  {key}: {value!r} is not allowed; use one of {allowed}"
