@@ -17,9 +17,9 @@ from unet.evaluate import stage
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(config: PipelineConfig) -> dict:
     ev = config.evaluate
-    run_id = train_record(config)["run_id"]  # the train stage's MLflow run: the scores go there too
+    record = train_record(config)  # the train stage's MLflow run and model: the scores go there too
     metrics = stage.evaluate(config, score_part=evaluate_tasks.evaluate_part)
-    evaluate_tasks.log_evaluation(run_id, metrics, [ev.metrics_path, ev.per_patient_path], ev.overlays_dir)
+    evaluate_tasks.log_evaluation(record, metrics, [ev.metrics_path, ev.per_patient_path], ev.overlays_dir)
     publish("lgg-evaluate", evaluate_report(metrics), description=f"{metrics['split']} scores at the original geometry")
     return metrics
 

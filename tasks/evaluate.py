@@ -29,10 +29,12 @@ def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
 
 
 @stage_task(name="log-evaluation")
-def log_evaluation(run_id: str, evaluation: Mapping[str, Any], files: list[Path], overlays_dir: Path) -> None:
-    """The evaluate stage's scores and pictures into the train run (its metrics, files and overlays)."""
-    client = MlflowClient()
-    log_metrics(run_id, evaluation_metrics(evaluation))
+def log_evaluation(record: Mapping[str, Any], evaluation: Mapping[str, Any], files: list[Path],
+                   overlays_dir: Path) -> None:
+    """The evaluate stage's scores and pictures into the train run (its metrics, files and overlays);
+    the scores also on the run's logged model, so its page shows what the registry decides on."""
+    client, run_id = MlflowClient(), record["run_id"]
+    log_metrics(run_id, evaluation_metrics(evaluation), model_id=record.get("model_id"))
     client.set_tag(run_id, "evaluate.split", str(evaluation.get("split")))
     client.set_tag(run_id, "evaluate.tta", str(evaluation.get("tta")).lower())
     for path in files:

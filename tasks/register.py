@@ -2,7 +2,10 @@
 
 Each run's model becomes a version of ``registry.model_name`` with the alias ``challenger``; the
 alias ``champion`` moves to it only when it scores better (``unet.register.decision``). The score
-is kept as the version's tag ``val_dsc``. Load the champion with
+is kept as a tag of the version under its metric's own name (``val_dsc_mean``: per-volume
+validation DSC at the original 256x256 grid, from the evaluate stage), beside ``score_metric``
+naming it; the per-epoch curve ``val_dsc`` (at the network's grid) is another figure. Load the
+champion with
 ``mlflow.pyfunc.load_model("models:/lgg-unet@champion")``.
 """
 
@@ -22,7 +25,7 @@ from unet.errors import MissingInputError
 from unet.io.atomic import atomic_file
 from unet.register.decision import CHALLENGER, CHAMPION, decide, run_score
 
-SCORE_TAG = "val_dsc"
+LEGACY_SCORE_TAG = "val_dsc"  # versions registered before the tag carried the metric's name
 
 
 @stage_task(name="register-version")
@@ -32,7 +35,7 @@ def register_version(name: str, run_id: str, model_uri: str, score_metric: str, 
     client = MlflowClient()
     existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
     version = existing[0].version if existing else mlflow.register_model(model_uri, name).version
-    client.set_model_version_tag(name, version, SCORE_TAG, repr(score))
+    client.set_model_version_tag(name, version, score_metric, repr(score))
     client.set_model_version_tag(name, version, "score_metric", score_metric)
     return str(version)
 
@@ -43,8 +46,9 @@ def champion_of(client: MlflowClient, name: str) -> tuple[str, float] | None:
     if version is None:
         return None
     tags = client.get_model_version(name, version).tags
-    if SCORE_TAG in tags:
-        return str(version), float(tags[SCORE_TAG])
+    tag = tags.get("score_metric", LEGACY_SCORE_TAG)
+    if tag in tags:
+        return str(version), float(tags[tag])
     return str(version), run_score(client.get_run(client.get_model_version(name, version).run_id).data.metrics)[1]
 
 

@@ -123,10 +123,12 @@ def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
-    """Numeric entries of ``metrics`` at ``step``, to the run named (never the thread's active run)."""
+def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int = 0, *, model_id: str | None = None) -> None:
+    """Numeric entries of ``metrics`` at ``step``, to the run named (never the thread's active run);
+    with ``model_id`` they also show on that logged model's page (MLflow 3 logged models)."""
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in numeric(metrics).items()])
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, v, now, step, model_id=model_id)
+                                              for k, v in numeric(metrics).items()])
 
 
 def check_store(config: MlflowConfig, environ: Mapping[str, str] = os.environ) -> str:

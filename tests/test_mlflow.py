@@ -141,8 +141,9 @@ def test_train_and_evaluate_log_into_one_run(tracked):
     (dataset,) = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("lgg-prepared", manifest_md5)
     assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
-    for name in ("loss", "val_dsc"):
+    for name in ("loss", "val_dsc", "images_per_s"):  # per-epoch curves: no spurious step-0 point
         assert [m.step for m in client().get_metric_history(run.info.run_id, name)] == [1, 2]
+    assert run.data.metrics["mean_images_per_s"] > 0
     assert any(key.startswith("system/") for key in run.data.metrics)
     evaluation = json.loads((root / "metrics/eval.json").read_text())
     assert run.data.metrics["test_dsc_mean"] == pytest.approx(evaluation["dsc_mean"])
@@ -194,7 +195,12 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     assert (first["version"], first["decision"], first["aliases"]) == (1, "first", ["challenger", "champion"])
     assert first["score_metric"] == "val_dsc_mean"
     score = first["score"]
-    assert float(client().get_model_version(MODEL, "1").tags["val_dsc"]) == score
+    tags = client().get_model_version(MODEL, "1").tags  # the figure decided on, under its own name
+    assert float(tags["val_dsc_mean"]) == score and tags["score_metric"] == "val_dsc_mean"
+    assert "val_dsc" not in tags  # that name is the per-epoch curve at the network's grid
+    model_id = json.loads((root / "metrics/mlflow_run.json").read_text())["model_id"]
+    shown = {m.key: m.value for m in client().get_logged_model(model_id).metrics}
+    assert shown["val_dsc_mean"] == pytest.approx(score) and "test_dsc_mean" in shown
 
     worse = register.run(fake_run(root, config, "worse", score - 0.1))
     assert (worse["version"], worse["decision"], worse["aliases"]) == (2, "kept", ["challenger"])
