@@ -26,7 +26,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	@start=$$(date +%s); \
 	$(BIN)/dvc repro && \
-	$(BIN)/python -m flows.summary && \
+	PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) $(BIN)/python -m flows.summary && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s"
 
 clean:

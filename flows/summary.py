@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from flows.common import stage_main
@@ -22,8 +23,9 @@ def run(config: PipelineConfig) -> dict:
     print(f"registry: {registry['model_name']} version {registry['version']}: {registry['decision']}; "
           f"champion is version {registry['champion_version']}")
     print(f"MLflow store: {tracking_uri(config.mlflow)}")
-    print("UIs: make ui, then Prefect http://127.0.0.1:4200 and MLflow http://127.0.0.1:5000; "
-          "curves: dvc plots show")
+    prefect, mlflow_port = os.environ.get("PREFECT_PORT", "4200"), os.environ.get("MLFLOW_PORT", "5000")
+    print(f"UIs: make ui, then Prefect http://127.0.0.1:{prefect} and MLflow http://127.0.0.1:{mlflow_port}; "
+          "curves: dvc plots show (reports/*.png offline)")
     print(f"use it: mlflow.pyfunc.load_model('models:/{registry['model_name']}@champion').predict(slices)")
     return registry
 

@@ -41,6 +41,8 @@ RAN = re.compile(r"Running stage '([^']+)'")
 REUSED = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
 EXPERIMENT = re.compile(r"Ran experiment\(s\): (\S+)")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# a stage's own Prefect console stamp ("20:34:04.671 | INFO    | "): the pipeline's logger stamps again
+STAMP = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ +\| ")
 
 
 class PipelineFailed(UserError, RuntimeError):
@@ -208,7 +210,7 @@ def run_dvc(command: list[str], cwd: Path, log: Callable[[str], None]) -> DvcRes
     with subprocess.Popen(command, cwd=cwd, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as process:
         for line in process.stdout:
-            line = line.rstrip()
+            line = STAMP.sub("", line.rstrip())
             if not line:
                 continue
             log(line)

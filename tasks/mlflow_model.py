@@ -27,7 +27,6 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import Schema, TensorSpec
 
 
-MODEL_NAME = "model"  # the model's name in its run
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 SIGNATURE = ModelSignature(
     # (N, H, W, RGB), any N and size. A server casts JSON numbers to uint8 before the model sees them
@@ -57,13 +56,13 @@ def example_slices(manifest: pd.DataFrame, count: int = 4) -> np.ndarray:
     return np.stack([read_image(Path(p)) for p in rows["image_path"].iloc[start:start + count]])
 
 
-def log_model(run_id: str, checkpoint: Path, input_example: np.ndarray) -> ModelInfo:
+def log_model(run_id: str, checkpoint: Path, input_example: np.ndarray, name: str = "lgg-unet") -> ModelInfo:
     """Log the checkpoint as the run's pyfunc model.
 
     ``Model.log`` is what ``mlflow.pyfunc.log_model`` calls, with the run named explicitly
     instead of the thread's active run.
     """
-    return Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+    return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
                      python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(checkpoint)}, signature=SIGNATURE,
                      input_example=input_example, pip_requirements=requirements())
 

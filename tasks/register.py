@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from tasks.common import stage_task
 from tasks.reports import publish, registry_report
-from tasks.tracking import train_record
+from tasks.tracking import run_link, train_record
 from unet.config import PipelineConfig
 from unet.errors import MissingInputError
 from unet.io.atomic import atomic_file
@@ -84,5 +84,6 @@ def register(config: PipelineConfig) -> dict[str, Any]:
 
 
 def publish_report(result: dict[str, Any]) -> None:
-    publish("lgg-registry", registry_report(result),
+    run = MlflowClient().get_run(result["run_id"])
+    publish("lgg-registry", registry_report(result, run_link(run.info.experiment_id, run.info.run_id)),
             description=f"{result['model_name']} v{result['version']}: {result['decision']}")

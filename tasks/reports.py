@@ -127,12 +127,24 @@ def evaluate_report(metrics: Mapping) -> str:
               "3-D connected component).\n")
 
 
-def registry_report(decision: Mapping) -> str:
+def plain(value: object) -> object:
+    """A value as a reader wants it in a table: lists comma-joined, nothing as a dash, no Python reprs."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(str(plain(v)) for v in value) or "-"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {plain(v)}" for k, v in value.items()) or "-"
+    return value
+
+
+def registry_report(decision: Mapping, run_link: str | None = None) -> str:
     """The register stage's decision: whatever it records, one row a field, the verdict first."""
     verdict = next((str(decision[k]) for k in ("action", "decision", "promoted", "outcome") if k in decision), None)
     title = f"# registry: {decision.get('model_name', 'model')}" + (f": {verdict}" if verdict else "")
-    rows = [(k.replace("_", " "), v if isinstance(v, (int, float, str)) else repr(v)) for k, v in decision.items()]
-    return title + "\n\n" + table(["field", "value"], rows) + "\n"
+    rows = [(k.replace("_", " "), plain(v)) for k, v in decision.items()]
+    link = f"\n\nThe model's MLflow run: {run_link}" if run_link else ""
+    return title + "\n\n" + table(["field", "value"], rows) + link + "\n"
 
 
 def pipeline_report(run: Mapping) -> str:

@@ -149,3 +149,11 @@ def check_store(config: MlflowConfig, environ: Mapping[str, str] = os.environ) -
             raise EnvironmentMismatch(f"the MLflow store {uri}: {folder} is not writable; set mlflow.tracking_uri")
     return uri
 
+
+def run_link(experiment_id: str, run_id: str, environ: Mapping[str, str] = os.environ) -> str:
+    """A markdown link to the run in the MLflow UI: the tracking server's, else ``make ui``'s."""
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else \
+        f"http://127.0.0.1:{environ.get('MLFLOW_PORT', '5000')}"
+    return f"[{run_id[:8]}]({base}/#/experiments/{experiment_id}/runs/{run_id})"
+

@@ -29,7 +29,7 @@ from prefect import get_run_logger
 from tasks import mlflow_model
 from tasks.common import stage_task
 from tasks.reports import publish, train_report
-from tasks.tracking import log_metrics, repo_root, use_experiment, write_run_file
+from tasks.tracking import log_metrics, repo_root, run_link, use_experiment, write_run_file
 from unet.config import PipelineConfig, PrepareConfig
 from unet.errors import UserError
 from unet.io.layout import read_manifest
@@ -139,7 +139,8 @@ def train_run(config: PipelineConfig, *, resume: bool = False,
     experiment_id = use_experiment(config.mlflow, environ)
     client = MlflowClient()
     resumed, follows = _run_to_resume(config.train.run_path, experiment_id) if resume else (None, None)
-    run = mlflow.start_run(run_id=resumed, experiment_id=experiment_id, log_system_metrics=True)
+    run = mlflow.start_run(run_id=resumed, experiment_id=experiment_id, log_system_metrics=True,
+                           run_name=None if resumed else run_name(config, environ), description=description(config))
     run_id = run.info.run_id
     try:
         write_run_file(config.train.run_path, {"run_id": run_id, "experiment_id": experiment_id,
@@ -174,6 +175,19 @@ def _end_run(run_id: str, status: str) -> None:
         if monitor is not None:
             monitor.finish()
 
+def run_name(config: PipelineConfig, environ: Mapping[str, str] = os.environ) -> str:
+    """The DVC experiment's name when DVC runs one, else what was trained: ``reference-64px-8ep``."""
+    return environ.get("DVC_EXP_NAME") or (f"{config.model.variant}-{config.prepare.image_size}px-"
+                                           f"{config.train.epochs}ep")
+
+
+def description(config: PipelineConfig) -> str:
+    t = config.train
+    return (f"train stage: {config.model.variant} U-Net at {config.prepare.image_size} px, {t.epochs} epochs, "
+            f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, data.source {config.data.source}; the best epoch's "
+            "model is logged and, after evaluate, registered by the register stage")
+
+
 def log_epoch(run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
     """One epoch's loss, val_dsc, ... with ``step=epoch`` (called from the trainer's on_epoch)."""
     log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
@@ -188,13 +202,20 @@ class EpochReporter:
     """
 
     def __init__(self, run_id: str, epochs: int) -> None:
+        from prefect.artifacts import create_progress_artifact
+
         self.run_id, self.epochs = run_id, epochs
         self.pending: list[tuple[int, dict]] = []
         self.logger = get_run_logger()
+        # the run's progress bar in the Prefect UI while the training runs
+        self.progress = create_progress_artifact(0.0, key="lgg-train-progress", description="epochs done")
 
     def __call__(self, epoch: int, metrics: dict) -> None:
+        from prefect.artifacts import update_progress_artifact
+
         self.logger.info("epoch %d/%d: loss %.4f, val DSC %.4f (median %.4f), %.1f img/s", epoch, self.epochs,
                          metrics["loss"], metrics["val_dsc"], metrics["val_dsc_median"], metrics["images_per_s"])
+        update_progress_artifact(self.progress, 100.0 * epoch / self.epochs)
         self.pending.append((epoch, dict(metrics)))
         self.flush()
 
@@ -270,13 +291,17 @@ def log_trained_model(run_id: str, config: PipelineConfig) -> str:
     The URI is added to ``mlflow_run.json`` for the register stage.
     """
     manifest = read_manifest(config.prepare.manifest_path)
-    info = mlflow_model.log_model(run_id, config.train.best_path, mlflow_model.example_slices(manifest))
+    name = f"{config.model.variant}-unet-{run_id[:8]}"  # the logged model's name: variant and run
+    info = mlflow_model.log_model(run_id, config.train.best_path, mlflow_model.example_slices(manifest), name)
     record = {**json.loads(config.train.run_path.read_text()), "model_id": info.model_id, "model_uri": info.model_uri}
     write_run_file(config.train.run_path, record)
     return info.model_uri
 
 
-def publish_report(config: PipelineConfig, summary: Mapping[str, Any]) -> None:
-    """The training curve as a Prefect artifact (the history file includes epochs from before a resume)."""
+def publish_report(config: PipelineConfig, summary: Mapping[str, Any], run_id: str) -> None:
+    """The training curve as a Prefect artifact (the history file includes epochs from before a resume),
+    with a link to the MLflow run."""
     history = pd.read_csv(config.train.history_path).to_dict("records")
-    publish("lgg-train", train_report(history, summary), description="training curve and best epoch")
+    run = MlflowClient().get_run(run_id)
+    report = train_report(history, summary) + f"\nMLflow run: {run_link(run.info.experiment_id, run_id)}\n"
+    publish("lgg-train", report, description="training curve and best epoch")

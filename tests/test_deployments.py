@@ -417,3 +417,20 @@ def test_a_failed_run_says_its_message_once_without_a_traceback(prefect_api, mon
     state = pipeline.pipeline_flow(overrides={"train.epoch": "3"}, return_state=True)
     assert state.is_failed() and "did you mean 'epochs'?" in state.message and "Traceback" not in state.message
     assert state.message.count("train.epoch") == 1
+
+
+def test_reports_read_like_reports_without_python_reprs():
+    from tasks.reports import registry_report
+
+    text = registry_report({"model_name": "lgg-unet", "decision": "kept", "aliases": ["challenger"],
+                            "previous_champion_version": None}, "[abc](http://127.0.0.1:5000/#/x)")
+    assert "| aliases | challenger |" in text and "| previous champion version | - |" in text
+    assert "[" not in text.split("|")[-1] or "['" not in text  # no list repr
+    assert "None" not in text and "The model's MLflow run: [abc](http://127.0.0.1:5000/#/x)" in text
+
+
+def test_a_stages_lines_are_stamped_once_in_the_pipeline_log(tmp_path):
+    script = "print('20:34:04.671 | INFO    | Flow run \\'x\\' - Finished in state Completed()')"
+    lines = []
+    experiment.run_dvc([sys.executable, "-c", script], tmp_path, lines.append)
+    assert lines == ["Flow run 'x' - Finished in state Completed()"]
