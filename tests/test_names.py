@@ -28,9 +28,10 @@ OUTPUTS = {
     "weightmaps": [CONFIG.weightmap.out_dir],
     "augment": [CONFIG.augment.out_dir, CONFIG.augment.preview],
     "train": [CONFIG.train.checkpoint_path, CONFIG.train.best_path, CONFIG.train.run_path,
-              CONFIG.train.metrics_path, CONFIG.train.history_path],
+              CONFIG.train.metrics_path, CONFIG.train.history_path, CONFIG.train.curve_path],
     "evaluate": [CONFIG.evaluate.predictions_dir, CONFIG.evaluate.overlays_dir, CONFIG.evaluate.metrics_path,
-                 CONFIG.evaluate.per_patient_path],
+                 CONFIG.evaluate.per_patient_path, CONFIG.evaluate.per_patient_figure],
+    "check": [CONFIG.checked_path],
     "register": [CONFIG.registry.record_path],
 }
 NAMES = sorted({path.name for paths in OUTPUTS.values() for path in paths if path.suffix}

@@ -56,6 +56,7 @@ def test_train_flow_writes_checkpoints_curves_and_metrics(stage_root):
     checkpoint = load_checkpoint(models / "checkpoint.pt")
     assert checkpoint["train_config"]["lr"] == 1e-3 and checkpoint["model_config"]["depth"] == 2
     assert model_from_checkpoint(models / "best.pt").config["features"] == 4
+    assert (stage_root / "metrics/train_curve.png").read_bytes()[:4] == b"\x89PNG"  # readable offline
 
 
 def test_evaluate_flow_writes_metrics_predictions_and_overlays(stage_root):
@@ -71,6 +72,7 @@ def test_evaluate_flow_writes_metrics_predictions_and_overlays(stage_root):
     assert saved["dsc_mean"] == pytest.approx(metrics["dsc_mean"])
     table = pd.read_csv(stage_root / "metrics/per_patient.csv")
     assert set(table["split"]) == {"test", "val"}
+    assert (stage_root / "metrics/per_patient.png").read_bytes()[:4] == b"\x89PNG"  # readable offline
     predictions = sorted((stage_root / "predictions").glob("*_pred.nii.gz"))
     assert len(predictions) == len(table)
     volume, _ = nifti.read_volume(predictions[0])

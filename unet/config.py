@@ -239,6 +239,11 @@ class TrainConfig(_Section):
         return self.metrics_dir / "train_history.csv"
 
     @property
+    def curve_path(self) -> Path:
+        """The training curve as a PNG (readable offline)."""
+        return self.metrics_dir / "train_curve.png"
+
+    @property
     def run_path(self) -> Path:
         """The MLflow run id (and model URI) that evaluate and register read."""
         return self.metrics_dir / "mlflow_run.json"
@@ -267,6 +272,11 @@ class EvaluateConfig(_Section):
     @property
     def per_patient_path(self) -> Path:
         return self.out_dir / "per_patient.csv"
+
+    @property
+    def per_patient_figure(self) -> Path:
+        """The per-patient bars as a PNG (readable offline), mean and median of the test patients."""
+        return self.out_dir / "per_patient.png"
 
 
 class RegistryConfig(_Section):

@@ -19,6 +19,7 @@ import pandas as pd
 from unet.config import PipelineConfig
 from unet.device import select_device
 from unet.evaluate.overlay import overlay_figure
+from unet.evaluate.plots import per_patient_bars
 from unet.evaluate.scores import (PatientResult, evaluate_patient, json_safe, original_images, per_patient_table,
                                   split_metrics)
 from unet.io import nifti
@@ -85,8 +86,10 @@ def write_outputs(config: PipelineConfig, results: dict[str, list[PatientResult]
         for r in everyone:
             nifti.write_volume(staging / f"{r.patient}_pred.nii.gz", r.prediction,
                                description="lgg-unet prediction; identity affine")
+    table = per_patient_table(everyone)
     with atomic_file(ev.per_patient_path, "w") as handle:
-        per_patient_table(everyone).to_csv(handle, index=False)
+        table.to_csv(handle, index=False)
+    per_patient_bars(table, ev.per_patient_figure, headline=metrics["split"])
     with atomic_file(ev.metrics_path, "w") as handle:
         json.dump(json_safe(metrics), handle, indent=2)
     return write_overlays(results[metrics["split"]], manifest, ev.overlays_dir, ev.overlay_patients)

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -26,8 +27,16 @@ from unet.train import distributed
 from unet.train.data import SliceArrays, StageDirs, load_split
 from unet.train.loader import CpuBatches, DeviceBatches, steps_per_epoch
 from unet.train.loop import check_resumable, fit, seed_everything, write_history
+from unet.train.plots import training_curve
 
 OnEpoch = Callable[[int, dict[str, float]], None]
+
+
+class Unset:
+    """No value given (``None`` means 'start afresh')."""
+
+
+UNSET = Unset()
 
 
 def build_network(config: PipelineConfig, device: torch.device) -> nn.Module:
@@ -50,12 +59,16 @@ def resumes(config: PipelineConfig) -> bool:
     return config.train.resume and config.train.checkpoint_path.exists()
 
 
-def resume_state(config: PipelineConfig, model: nn.Module) -> dict[str, Any] | None:
-    """The checkpoint to continue, checked against this model and recipe; None to start afresh."""
+def resume_state(config: PipelineConfig) -> dict[str, Any] | None:
+    """The checkpoint to continue, checked against the params' model and recipe; None to start afresh.
+
+    Cheap enough to call before anything else is touched (the flow does, before it opens an MLflow
+    run): a truncated or foreign checkpoint stops the stage here.
+    """
     if not resumes(config):
         return None
     state = load_checkpoint(config.train.checkpoint_path)
-    check_resumable(state, model.config, config.train)
+    check_resumable(state, build_network(config, torch.device("cpu")).config, config.train)
     return state
 
 
@@ -80,14 +93,19 @@ def summarise(state: dict[str, Any], train_rows: int, device: torch.device, worl
 
 
 def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
-          load_data: Callable[[PipelineConfig], tuple[SliceArrays, SliceArrays]] = load_training_data) -> dict:
-    """Everything the stage does; returns the summary that rank 0 writes to ``train.json``."""
+          load_data: Callable[[PipelineConfig], tuple[SliceArrays, SliceArrays]] = load_training_data,
+          state: dict[str, Any] | None | Unset = UNSET) -> dict:
+    """Everything the stage does; returns the summary that rank 0 writes to ``train.json``.
+
+    ``state``: the checkpoint to continue, as ``resume_state`` gave it (the flow checks it first);
+    by default this function reads it itself (torchrun's other ranks).
+    """
     cfg = config.train
+    state = resume_state(config) if isinstance(state, Unset) else state
     rank, world, device = distributed.setup(select_device(cfg.device))
     seed_everything(cfg.seed + rank)
     train_arrays, val_arrays = load_data(config)
     model = build_network(config, device)
-    state = resume_state(config, model)
     history = list(state["history"]) if state else []
 
     def report(epoch: int, metrics: dict) -> None:
@@ -106,5 +124,6 @@ def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
     if rank == 0:
         with atomic_file(cfg.metrics_path, "w") as handle:
             json.dump(summary, handle, indent=2)
+        training_curve(pd.DataFrame(final["history"]), cfg.curve_path, best_epoch=summary["best_epoch"])
     distributed.teardown()
     return summary
