@@ -1,6 +1,6 @@
 """Elastic deformation speed: unet.transforms.elastic (torch) against scipy.ndimage.map_coordinates, side by side.
 
-    python benchmarks/bench_elastic.py [--device cpu|cuda] [--n 256] [--batch 4] [--rounds 3]
+    python benchmarks/bench_elastic.py [--device cpu|cuda] [--n 256] [--batch 4] [--rounds 3] [--rate] [--json FILE]
 
 Every slice is 256x256x3 float32 with a 0/1 uint8 mask and a float32 weight map; both
 implementations warp all three through the same dense field (reflection = scipy's "mirror").
@@ -12,12 +12,15 @@ The last block compares the outputs: torch's bicubic is Keys' cubic convolution 
 scipy's order 3 an interpolating cubic B-spline, so the image differs a little where it has
 edges; on the interior (sample points >= 3 px inside) the borders play no part.
 --device cuda: slices per second for one batch of --n on the GPU (torch.cuda.synchronize around
-the timed loop) next to the scipy rate on one core.
+the timed loop) next to the scipy rate on one core. --rate gives those rows on the CPU too (a
+rehearsal of the GPU rows, as benchmarks/gpu_check.py --device cpu runs it); --json FILE writes
+the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -174,13 +177,14 @@ def compare(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor, co
         print(f"  {key:45s} {value:.2e}")
 
 
-def device_rate(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor, rounds: int, device: str) -> None:
+def device_rate(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor, rounds: int, device: str) -> dict:
     """Slices per second for one batch on `device` (cuda; cpu for a dry run of this code)."""
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     image, mask, weight = images.to(device), masks.to(device), weights.to(device)
     n = image.shape[0]
+    figures: dict = {"device": name, "batch": n}
     print(f"\n{name}, one batch of {n} slices, rounds of 10 batches, best round:")
     for mode in ("bicubic", "bilinear"):
         for _ in range(3):
@@ -193,16 +197,21 @@ def device_rate(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor
                 elastic_deform(image, mask, weight, image_mode=mode)
             sync()
             best = min(best, (time.perf_counter() - start) / 10)
+        figures[f"{mode}_slices_per_s"] = n / best
         print(f"  elastic_deform {mode:8s} (+ nearest mask, bilinear weight): {n / best:10,.0f} slices/s")
     nhwc = np.ascontiguousarray(images.numpy().transpose(0, 2, 3, 1)).astype(np.float16)
     start = time.perf_counter()
     deform_copies(nhwc, masks[:, 0].numpy(), weights[:, 0].numpy(), copies=2, device=device)
     rate = 2 * n / (time.perf_counter() - start)
+    figures["deform_copies_slices_per_s"] = rate
     print(f"  deform_copies, numpy fp16 in and out, 2 copies:            {rate:10,.0f} slices/s")
     on_cpu = elastic_deform(images[:8], masks[:8], weights[:8], generator=torch.Generator().manual_seed(3))
     on_dev = elastic_deform(image[:8], mask[:8], weight[:8], generator=torch.Generator().manual_seed(3))
-    print(f"  same seed, CPU vs {device.type}: image max |diff| {float((on_cpu[0] - on_dev[0].cpu()).abs().max()):.2e}, "
-          f"mask pixels differing {int((on_cpu[1] != on_dev[1].cpu()).sum())}")
+    figures["same_seed_image_max_diff"] = float((on_cpu[0] - on_dev[0].cpu()).abs().max())
+    figures["same_seed_mask_pixels_differing"] = int((on_cpu[1] != on_dev[1].cpu()).sum())
+    print(f"  same seed, CPU vs {device.type}: image max |diff| {figures['same_seed_image_max_diff']:.2e}, "
+          f"mask pixels differing {figures['same_seed_mask_pixels_differing']}")
+    return figures
 
 
 def main() -> None:
@@ -211,6 +220,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="slices (GPU: the batch size)")
     parser.add_argument("--batch", type=int, default=4, help="CPU batch of the batched rows (4 fits the cache)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", action="store_true", help="the --device cuda rows, on any device")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False here; run with --device cpu")
@@ -218,23 +229,29 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads available; slices {SIZE}x{SIZE}x3 + mask + weight map")
     images, masks, weights = phantom(args.n)
-    if args.device == "cuda":
-        device_rate(images, masks, weights, args.rounds, "cuda")
+    figures: dict = {"size": SIZE, "n": args.n, "rounds": args.rounds}
+    if args.device == "cuda" or args.rate:
+        figures.update(device_rate(images, masks, weights, args.rounds, args.device))
         count = min(args.n, 16)
         runs = cpu_runs(images[:count], masks[:count], weights[:count], args.batch, 1)
-        keep = ("torch bicubic, 1 thread, 1 slice a call", "scipy map_coordinates order 3 (baseline)")
+        keep = {"torch bicubic, 1 thread, 1 slice a call": "cpu_torch_1thread_slices_per_s",
+                "scipy map_coordinates order 3 (baseline)": "cpu_scipy_baseline_slices_per_s"}
         for name, (_, cpu) in best_ms_per_slice({k: runs[k] for k in keep}, args.rounds).items():
+            figures[keep[name]] = 1e3 / cpu
             print(f"  {name + ', CPU time':58s} {1e3 / cpu:10,.0f} slices/s")
-        return
-
-    runs = cpu_runs(images, masks, weights, args.batch, threads)
-    best = best_ms_per_slice(runs, args.rounds)
-    torch.set_num_threads(threads)
-    baseline = best["scipy map_coordinates order 3 (baseline)"][1]
-    print(f"\nms a slice, best of {args.rounds} rounds of {args.n} slices; wall and CPU time; speed-up in CPU time:")
-    for name, (wall, cpu) in best.items():
-        print(f"  {name:58s} wall {wall:6.2f}  cpu {cpu:6.2f}  x{baseline / cpu:5.1f}")
-    compare(images, masks, weights, min(args.n, 8))
+        figures["speedup_vs_scipy_one_core"] = figures["bicubic_slices_per_s"] / figures["cpu_scipy_baseline_slices_per_s"]
+    else:
+        runs = cpu_runs(images, masks, weights, args.batch, threads)
+        best = best_ms_per_slice(runs, args.rounds)
+        torch.set_num_threads(threads)
+        baseline = best["scipy map_coordinates order 3 (baseline)"][1]
+        print(f"\nms a slice, best of {args.rounds} rounds of {args.n} slices; wall and CPU time; speed-up in CPU time:")
+        for name, (wall, cpu) in best.items():
+            print(f"  {name:58s} wall {wall:6.2f}  cpu {cpu:6.2f}  x{baseline / cpu:5.1f}")
+        figures["cpu_ms_per_slice"] = {name: {"wall": wall, "cpu": cpu} for name, (wall, cpu) in best.items()}
+        compare(images, masks, weights, min(args.n, 8))
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

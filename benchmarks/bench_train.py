@@ -1,6 +1,7 @@
 """Training throughput: this trainer against a plain reference-configuration loop, same model.
 
-    python benchmarks/bench_train.py [--device cpu|cuda] [--size 256] [--batch 16] [--steps 5]
+    python benchmarks/bench_train.py [--device cpu|cuda] [--size 256] [--batch 16] [--steps 5] [--compile]
+                                     [--only reference,trainer,compile] [--resident] [--json FILE]
 
 The baseline is the reference repo's loop as it is usually run: fp32, eager, a DataLoader whose
 workers augment one slice at a time on the CPU (skimage rescale +-5%, rotate +-15 degrees,
@@ -9,13 +10,21 @@ net and loss through ``unet.train.loop.train_one_epoch``: batched augmentation o
 (``unet.transforms.batch``), the split resident on the device on CUDA, bf16 autocast and channels_last
 on CUDA, optionally ``torch.compile``. Prints images/s, the speed-up, achieved TFLOP/s (from
 torch's FLOP counter) and peak memory. Synthetic tensors: speed does not depend on the pixels.
+
+``--only`` times a subset of the rows (the GPU check runs each row in its own process, with its own
+time limit); ``--resident`` feeds the trainer through ``DeviceBatches`` on any device (what CUDA
+gets), so the resident-data path can be rehearsed on a CPU; ``--compile-backend aot_eager`` traces
+with torch.compile without generating kernels (a quick CPU rehearsal of the compile row);
+``--json FILE`` writes the figures for benchmarks/gpu_check.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,11 +111,13 @@ def reference_loop(model, arrays, device, batch, steps, workers) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def our_loop(model, arrays, device, batch, steps, amp, channels_last) -> float:
+def our_loop(model, arrays, device, batch, steps, amp, channels_last, resident: bool | None = None) -> float:
+    """images/s of this trainer; ``resident`` (default: on CUDA) holds the data on the device."""
+    resident = device.type == "cuda" if resident is None else resident
     kwargs = dict(batch_size=batch, tumour_share=10 / 11)
-    warm = (DeviceBatches(arrays, device, steps=1, **kwargs) if device.type == "cuda"
+    warm = (DeviceBatches(arrays, device, steps=1, **kwargs) if resident
             else CpuBatches(arrays, steps=1, **kwargs))
-    timed = (DeviceBatches(arrays, device, steps=steps, **kwargs) if device.type == "cuda"
+    timed = (DeviceBatches(arrays, device, steps=steps, **kwargs) if resident
              else CpuBatches(arrays, steps=steps, **kwargs))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     args = dict(augment=AugmentParams(), amp=amp, channels_last=channels_last, progress=False,
@@ -117,6 +128,7 @@ def our_loop(model, arrays, device, batch, steps, amp, channels_last) -> float:
 
 
 def train_step_flops(model, size: int, batch: int, device) -> float:
+    """FLOP per image of one training step (forward + backward), from torch's FLOP counter."""
     x = torch.randn(batch, 3, size, size, device=device)
     with FlopCounterMode(display=False) as counter:
         soft_dice_loss(model(x), torch.zeros(batch, 1, size, size, device=device)).backward()
@@ -135,42 +147,84 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kB
 
 
+ROWS = ("reference", "trainer", "compile")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
+    parser.add_argument("--rows", type=int, default=256, help="synthetic slices to draw batches from")
+    parser.add_argument("--features", type=int, default=32, help="base features of the reference net")
+    parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers (the reference repo: 4)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (aot_eager: trace only, a quick CPU rehearsal)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated rows to time, of {', '.join(ROWS)} (default: all asked for)")
+    parser.add_argument("--resident", action="store_true",
+                        help="feed the trainer through DeviceBatches on any device (default: on CUDA only)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
+    only = set(ROWS[:2] + (("compile",) if args.compile else ())) if args.only is None else set(args.only.split(","))
+    if only - set(ROWS):
+        parser.error(f"--only: unknown rows {sorted(only - set(ROWS))}; choose from {', '.join(ROWS)}")
     device = torch.device(args.device)
-    arrays = synthetic_arrays(args.rows, args.size)
-    flops = train_step_flops(build_model("reference").to(device), args.size, args.batch, device)
-    rows = []
-    torch.manual_seed(0)
-    base = reference_loop(build_model("reference").to(device), arrays, device, args.batch, args.steps, args.workers)
-    rows.append(("reference loop (fp32, eager, per-slice CPU augmentation)", base))
     cuda = device.type == "cuda"
+    resident = cuda or args.resident
+    arrays = synthetic_arrays(args.rows, args.size)
+    flops = train_step_flops(build_model("reference", features=args.features).to(device), args.size, args.batch, device)
+    rows: list[dict] = []
+
+    def timed_row(key: str, label: str, run) -> None:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        rate = run()
+        rows.append({"row": key, "label": label, "images_per_s": rate, "tflops": rate * flops / 1e12,
+                     "peak_memory_gb": peak_memory_gb(device)})
+
+    torch.manual_seed(0)
+    if "reference" in only:
+        timed_row("reference", f"reference loop (fp32, eager, per-slice CPU augmentation in {args.workers} "
+                  "DataLoader workers)",
+                  lambda: reference_loop(build_model("reference", features=args.features).to(device), arrays, device,
+                                         args.batch, args.steps, args.workers))
     bf16 = cuda or cpu_has_bf16()
-    model = build_model("reference").to(device).to(memory_format=torch.channels_last)
     label = "bf16, " if bf16 else "fp32 (no native bf16), "
-    label += "channels_last, " + ("on-device data + augmentation" if cuda else "batched augmentation")
-    rows.append((f"this trainer ({label})",
-                 our_loop(model, arrays, device, args.batch, args.steps, amp=True, channels_last=True)))
-    if args.compile:
-        compiled = torch.compile(model)
-        rows.append(("this trainer + torch.compile",
-                     our_loop(compiled, arrays, device, args.batch, args.steps, amp=True, channels_last=True)))
+    label += "channels_last, " + ("resident data, batched on-device augmentation" if resident
+                                  else "batched augmentation")
+    if "trainer" in only or "compile" in only:
+        model = build_model("reference", features=args.features).to(device).to(memory_format=torch.channels_last)
+    if "trainer" in only:
+        timed_row("trainer", f"this trainer ({label})",
+                  lambda: our_loop(model, arrays, device, args.batch, args.steps, amp=True, channels_last=True,
+                                   resident=resident))
+    if "compile" in only:
+        compiled = torch.compile(model, backend=args.compile_backend)
+        started = time.perf_counter()
+        timed_row("compile", f"this trainer + torch.compile ({args.compile_backend})",
+                  lambda: our_loop(compiled, arrays, device, args.batch, args.steps, amp=True, channels_last=True,
+                                   resident=resident))
+        rows[-1]["seconds_with_compile"] = time.perf_counter() - started
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{name}; reference U-Net (7.76 M parameters), {args.size}x{args.size}, batch {args.batch}, "
+    print(f"\n{name}; reference U-Net ({args.features} features), {args.size}x{args.size}, batch {args.batch}, "
           f"{args.steps} timed steps; {flops / 1e9:.1f} GFLOP per image per training step\n")
-    print("| loop | images/s | vs reference | achieved TFLOP/s |")
-    print("| --- | ---: | ---: | ---: |")
-    for label, rate in rows:
-        print(f"| {label} | {rate:.2f} | {rate / base:.2f}x | {rate * flops / 1e12:.3f} |")
-    print(f"\npeak memory: {peak_memory_gb(device):.2f} GB ({'GPU allocated' if cuda else 'process RSS'})")
+    base = next((r["images_per_s"] for r in rows if r["row"] == "reference"), None)
+    print("| loop | images/s | vs reference | achieved TFLOP/s | peak memory GB |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
+        print(f"| {r['label']} | {r['images_per_s']:.2f} | {ratio} | {r['tflops']:.3f} | {r['peak_memory_gb']:.2f} |")
+    print(f"\npeak memory: {'GPU allocated (torch.cuda.max_memory_allocated)' if cuda else 'process RSS'}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "device": name, "size": args.size, "batch": args.batch, "steps": args.steps, "features": args.features,
+            "workers": args.workers, "resident": resident, "amp_bf16": bf16,
+            "gflop_per_image": flops / 1e9, "rows": rows,
+            "speedup": {r["row"]: r["images_per_s"] / base for r in rows} if base else None,
+        }, indent=2))
 
 
 if __name__ == "__main__":

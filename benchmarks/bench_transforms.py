@@ -1,7 +1,7 @@
 """Train-time augmentation speed: unet.transforms.batch (one batched warp) against per-sample CPU baselines.
 
     python benchmarks/bench_transforms.py [--device cpu|cuda] [--batch 16] [--size 256] [--rounds 7]
-                                          [--elastic-sigma 0]
+                                          [--elastic-sigma 0] [--json FILE]
 
 A batch is --batch slices of --size x --size x 3 float32 with a 0/1 uint8 mask and a float32
 weight map, augmented with the reference's ranges (zoom 1 +- 0.05, rotate +-15 degrees, flip
@@ -17,12 +17,14 @@ load from other processes hits them alike:
 The baselines use one core each; a DataLoader with k workers divides their time by at most k.
 --device cuda adds augment_batch on the GPU (torch.cuda.synchronize around each timed batch,
 the batch already on the GPU as in a training loop). The last line checks that ours and the scipy
-row did the same work: same matrices, mask agreement and mean image difference.
+row did the same work: same matrices, mask agreement and mean image difference. --json FILE
+writes the figures (benchmarks/gpu_check.py reads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--elastic-sigma", type=float, default=0.0, help="add the elastic field to the torch rows")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; run without it for the CPU rows.")
@@ -149,6 +152,8 @@ def main() -> None:
 
         ours_cuda()  # warm-up: kernels, allocator
         runs[f"torch augment_batch, {torch.cuda.get_device_name()}"] = ours_cuda
+    keys = dict(zip(runs, ["skimage_reference", "scipy_affine", "torch_cpu_all_threads", "torch_cpu_1_thread",
+                           "torch_cuda"]))
     best = best_ms(runs, args.rounds)
     elastic = f", elastic sigma {args.elastic_sigma} px on the torch rows" if args.elastic_sigma else ""
     print(f"batch {args.batch} x 3 x {args.size} x {args.size} + mask + weight, best of {args.rounds}{elastic}")
@@ -160,6 +165,15 @@ def main() -> None:
     agree = np.mean([(ours_out[1][i, 0].numpy() == t[1]).mean() for i, t in enumerate(theirs)])
     diff = np.mean([np.abs(ours_out[0][i].numpy() - t[0]).mean() for i, t in enumerate(theirs)])
     print(f"same matrices, ours vs scipy: mask agreement {agree:.5f}, mean |image difference| {diff:.2e}")
+    if args.json is not None:
+        reference = best["skimage (reference), per sample"]
+        args.json.write_text(json.dumps({
+            "batch": args.batch, "size": args.size, "rounds": args.rounds, "elastic_sigma": args.elastic_sigma,
+            "ms_per_batch": {keys[name]: ms for name, ms in best.items()},
+            "speedup_vs_skimage": {keys[name]: reference / ms for name, ms in best.items()},
+            "labels": {keys[name]: name for name in best},
+            "mask_agreement_vs_scipy": float(agree), "mean_image_difference_vs_scipy": float(diff),
+        }, indent=2))
 
 
 if __name__ == "__main__":
