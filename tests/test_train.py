@@ -172,3 +172,13 @@ def test_paper_recipe_trains_with_sgd_and_the_weight_map_loss(tmp_path):
     (epoch,) = state["history"]
     assert math.isfinite(epoch["loss_ce"]) and "loss_dice" not in epoch
     assert load_checkpoint(tmp_path / "checkpoint.pt")["model_config"]["variant"] == "paper"
+
+
+def test_a_deferred_nan_check_still_names_the_step():
+    from unet.train.loop import check_finite
+
+    losses = [torch.tensor(0.5), torch.tensor(0.4), torch.tensor(float("nan")), torch.tensor(float("inf"))]
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 7, step 12"):
+        check_finite(losses, 10, 7)
+    check_finite(losses[:2], 10, 7)  # all finite: nothing
+    check_finite([], 1, 1)

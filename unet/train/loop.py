@@ -41,6 +41,24 @@ class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite; the message names the epoch and step."""
 
 
+# on a GPU the NaN check waits for the device: once every so many steps, not every step
+GPU_CHECK_EVERY = 16
+
+
+def check_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> None:
+    """Raise TrainingDiverged naming the first step whose loss is NaN or infinite (one sync for all)."""
+    if not losses:
+        return
+    values = torch.stack(losses)
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise TrainingDiverged(
+            f"loss is {values[k].item()} at epoch {epoch}, step {first_step + k}: lower train.lr, set "
+            "train.grad_clip, or check the inputs (a NaN in the prepared arrays or weight maps)"
+        )
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -78,7 +96,9 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One epoch; returns the mean loss (and its terms), images/s and the learning rate."""
     model.train()
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
+    recent: list[torch.Tensor] = []  # losses not yet checked for NaN
+    check_every = 1 if device.type == "cpu" else GPU_CHECK_EVERY
     seen, started = 0, time.perf_counter()
     steps = getattr(batches, "steps", None)
     bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", unit="batch", disable=None if progress else True,
@@ -92,11 +112,10 @@ def train_one_epoch(
             logits = same_size_logits(model, image)
         parts = loss_fn.parts(logits.float(), mask, weight)
         loss = sum(parts.values())
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr, set train.grad_clip, "
-                "or check the inputs (a NaN in the prepared arrays or weight maps)"
-            )
+        recent.append(loss.detach())
+        if len(recent) == check_every or step == steps:
+            check_finite(recent, step - len(recent) + 1, epoch)
+            recent.clear()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -104,11 +123,13 @@ def train_one_epoch(
         optimizer.step()
         seen += image.shape[0]
         for name, value in {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()}}.items():
-            totals[name] = totals.get(name, 0.0) + float(value.detach())
-        if step % 10 == 0 or step == steps:
-            bar.set_postfix(loss=f"{totals['loss'] / step:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
+            totals[name] = totals.get(name, 0.0) + value.detach()  # on the device: no wait for the GPU a step
+        if not bar.disable and (step % 10 == 0 or step == steps):
+            bar.set_postfix(loss=f"{float(totals['loss']) / step:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - started):.1f}")
+    check_finite(recent, step - len(recent) + 1, epoch)
     elapsed = time.perf_counter() - started
-    metrics = {name: total / max(step, 1) for name, total in totals.items()}
+    metrics = {name: float(total) / max(step, 1) for name, total in totals.items()}
     metrics.update(images_per_s=seen / elapsed, epoch_seconds=elapsed, lr=optimizer.param_groups[0]["lr"])
     return metrics
 

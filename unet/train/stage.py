@@ -103,6 +103,7 @@ def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
     cfg = config.train
     state = resume_state(config) if isinstance(state, Unset) else state
     rank, world, device = distributed.setup(select_device(cfg.device))
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # one input size throughout: pick the fastest kernels
     seed_everything(cfg.seed + rank)
     train_arrays, val_arrays = load_data(config)
     model = build_network(config, device)
