@@ -60,6 +60,11 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return folder.as_uri()
 
 
+# the MLflow UI opens the experiment in its model-training view, not the GenAI one
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
+                   "mlflow.note.content": "lgg-unet: U-Net segmentation of LGG FLAIR abnormality; one run per "
+                                          "training (train stage), scored by the evaluate stage"}
+
 # MLflow's client retries a request 7 times with a growing backoff (about 4 minutes a call to a server
 # that went away); a stage fails faster, and training keeps going through an outage (tasks.train)
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -81,13 +86,17 @@ def use_experiment(config: MlflowConfig, environ: Mapping[str, str] = os.environ
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is None:
-        return client.create_experiment(config.experiment, artifact_location=artifact_location(uri, config.experiment))
+        return client.create_experiment(config.experiment, artifact_location=artifact_location(uri, config.experiment),
+                                        tags=EXPERIMENT_TAGS)
     if experiment.lifecycle_stage != "active":
         raise InputError(
             f"MLflow experiment {config.experiment!r} in {uri} is deleted: restore it "
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or set mlflow.experiment "
             "in params.yaml to another name"
         )
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 

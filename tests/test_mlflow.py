@@ -138,6 +138,9 @@ def test_train_and_evaluate_log_into_one_run(tracked):
     assert run.data.tags["data.digest"] == manifest_md5  # prepared outside DVC: the manifest's digest
     if commit := train_tasks.git_commit(tracking.repo_root()):  # pytest started inside the git checkout
         assert run.data.tags["mlflow.source.git.commit"] == commit
+    experiment = client().get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
+    assert run.info.run_name == "reference-32px-2ep" and "train stage" in run.data.tags["mlflow.note.content"]
     (dataset,) = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("lgg-prepared", manifest_md5)
     assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]

@@ -375,3 +375,18 @@ def test_the_module_runs_as_a_command(tmp_path, models):
     assert result.returncode == 0, result.stderr
     assert "slice.tif: tumour in 1 of 1 slices, 288 voxels" in result.stdout
     assert "single slice" in result.stderr
+
+
+def test_overlays_carry_patient_slice_and_tumour_captions(tmp_path, models):
+    (folder,) = write_folder(tmp_path)
+    assert run(tmp_path, models["tumour"], [folder]) == 0
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    picture = np.asarray(Image.open(tmp_path / "out" / summary["overlays"][0]))
+    band = picture[:14]
+    from unet.predict.scan import caption, read_scan
+
+    scan = read_scan([folder])
+    plain = overlay_image(scan.images[0], np.zeros(scan.images.shape[1:3], np.uint8))
+    assert picture.shape == (plain.shape[0] + 14, *plain.shape[1:]) and band.max() > 200 and (band == 0).mean() > 0.5  # white text on black
+    text = caption(scan, 0, np.zeros((len(scan.slice_numbers), 2, 2), np.uint8))
+    assert folder.name in text and f"slice {scan.slice_numbers[0]} (file; 1 of" in text

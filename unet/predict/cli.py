@@ -30,7 +30,7 @@ from unet.device import DEVICES, select_device
 from unet.io.atomic import staging_dir
 from unet.errors import EnvironmentMismatch, InputError, UserError
 from unet.metrics import most_tumour_slices
-from unet.predict.scan import Scan, read_scan, write_mask, write_overlay
+from unet.predict.scan import Scan, caption, read_scan, write_mask, write_overlay
 from unet.predict.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def write_outputs(output: Path, scan: Scan, mask: np.ndarray, summary: dict[str,
         (staging / OVERLAY_DIR).mkdir()
         write_mask(staging / MASK_NAME, mask, scan, description=f"lgg-unet prediction, {scan.kind} input")
         for name, k in overlays.items():
-            write_overlay(staging / name, scan.images[k], mask[k])
+            write_overlay(staging / name, scan.images[k], mask[k], caption(scan, k, mask))
         (staging / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
         for old in earlier_outputs(output):
             old.unlink(missing_ok=True)

@@ -234,6 +234,31 @@ def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
-    Image.fromarray(overlay_image(image, mask)).save(path, compress_level=1)
+CAPTION_HEIGHT = 14
+
+
+def caption(scan: Scan, k: int, mask: np.ndarray) -> str:
+    """What an overlay shows: the patient, the slice as the input numbers it, and the tumour there.
+
+    Slice numbers are the input's own: the Kaggle file number ``<n>`` for a patient folder, the
+    1-based index along the NIfTI's third axis otherwise (the overlay's file name uses the same).
+    """
+    source = scan.sources[0]
+    patient = source.name.removesuffix(".gz").removesuffix(".nii") if scan.kind != "kaggle-folder" else source.name
+    where = "file" if scan.kind == "kaggle-folder" else "axis-3 index"
+    return (f"{patient}  slice {scan.slice_numbers[k]} ({where}; {k + 1} of {len(scan.slice_numbers)})  "
+            f"tumour {int(mask[k].sum())} px")
+
+
+def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, text: str = "") -> Path:
+    """The overlay with ``text`` on a black band above it (PIL's own font: no font file needed)."""
+    from PIL import ImageDraw
+
+    picture = Image.fromarray(overlay_image(image, mask))
+    if text:
+        framed = Image.new("RGB", (picture.width, picture.height + CAPTION_HEIGHT))
+        framed.paste(picture, (0, CAPTION_HEIGHT))
+        ImageDraw.Draw(framed).text((2, 1), text, fill=(255, 255, 255))
+        picture = framed
+    picture.save(path, compress_level=1)
     return path
