@@ -43,7 +43,7 @@ def generate_synthetic(config: DataConfig) -> Path:
     s = config.synthetic
     return synthetic.write_synthetic_dataset(
         config.raw_root, n_patients=s.n_patients, min_slices=s.min_slices,
-        max_slices=s.max_slices, image_size=s.image_size, seed=s.seed, overwrite=True,
+        max_slices=s.max_slices, image_size=s.image_size, seed=s.seed, anatomy=s.anatomy, overwrite=True,
     )
 
 

@@ -33,7 +33,8 @@ from unet.config import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ["flows", "tasks", "unet", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots"]
 TINY = {
-    "data": {"synthetic": {"n_patients": 5, "min_slices": 4, "max_slices": 5, "image_size": 32}},
+    "data": {"synthetic": {"anatomy": "phantom", "n_patients": 5, "min_slices": 4, "max_slices": 5,
+                           "image_size": 32}},
     "prepare": {"image_size": 32, "workers": 1, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
 }
 PARAMS = REPO / "params.yaml"

@@ -207,7 +207,7 @@ def test_failure_midway_leaves_dest_untouched(tmp_path: Path, monkeypatch: pytes
             raise RuntimeError("disk full")
         return render_volume(spec, size)
 
-    monkeypatch.setattr(synthetic, "render_volume", failing_render)
+    monkeypatch.setattr(synthetic.phantom, "render_volume", failing_render)
     with pytest.raises(RuntimeError, match="disk full"):
         write_synthetic_dataset(tmp_path / "kaggle_3m", **SMALL)
     assert list(tmp_path.iterdir()) == []

@@ -35,8 +35,9 @@ class _Section(BaseModel):
 
 
 class SyntheticConfig(_Section):
-    """The generated phantom set (``data.source: synthetic``)."""
+    """The generated set (``data.source: synthetic``): patients on the MNI152 brain, or phantoms."""
 
+    anatomy: Literal["mni152", "phantom"] = "mni152"  # phantom: ellipses, the fastest (tests)
     n_patients: Annotated[int, Field(ge=1, le=110)] = 110
     min_slices: PositiveInt = 20
     max_slices: PositiveInt = 88

@@ -1,11 +1,15 @@
-"""The ``synthetic`` data source: a phantom set in exactly the Kaggle ``kaggle_3m`` layout.
+"""The ``synthetic`` data source: a generated set in exactly the Kaggle ``kaggle_3m`` layout.
 
 ``write_synthetic_dataset(dest)`` writes, for the first ``n_patients`` real LGG folder names,
 ``<folder>/<folder>_<n>.tif`` (RGB uint8: pre-contrast, FLAIR, post-contrast) and
 ``<folder>/<folder>_<n>_mask.tif`` (one channel, 0/255) for n = 1..slices, and a ``data.csv`` with
-the real file's 18 columns. The images come from ``unet.download.phantom``. Each patient draws from its own
-stream of ``seed``, so the first k patients are the same whatever ``n_patients`` is, and the same
-arguments give byte-identical files.
+the real file's 18 columns. The images come from ``unet.download.anatomy`` (``anatomy="mni152"``:
+patients on the MNI152 brain shipped with nilearn) or ``unet.download.phantom`` (``"phantom"``:
+ellipses, the fastest). Each patient draws from its own stream of ``seed``, so the first k
+patients are the same whatever ``n_patients`` is, and the same arguments give byte-identical files.
+
+A planted association for the radiogenomics study: on the anatomical set, ``RNASeqCluster`` sets
+how irregular a patient's lesion margin is (``PLANTED``); no other column touches the images.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import tifffile
 
 from unet.errors import InputError
 from unet.io.atomic import atomic_dir
-from unet.download.phantom import PhantomSpec, draw_spec, render_volume, slice_count
+from unet.download import anatomy, phantom
+from unet.download.phantom import PhantomSpec, draw_spec, slice_count
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,9 @@ CLINICAL_COLUMNS: dict[str, tuple[int, int, float] | None] = {
     "death01": (0, 1, 0.01),
 }
 INTEGER_COLUMNS = ("miRNACluster", "COCCluster")  # never missing, so written without ".0"
+ANATOMIES = ("mni152", "phantom")
+# the planted association: cluster -> margin irregularity (0 smooth .. 1 very irregular), +- jitter
+PLANTED = ("RNASeqCluster", {1: 0.1, 2: 0.35, 3: 0.6, 4: 0.85}, 0.08)
 
 
 def _check_int(name: str, value: object, lo: int, hi: int | None, meaning: str) -> int:
@@ -90,6 +98,24 @@ def patient_spec(seed: int, index: int, min_slices: int, max_slices: int) -> Pha
     """The phantom drawn for the ``index``-th patient (0-based) of a set written with ``seed``."""
     rng = _patient_rng(seed, index, 0)
     return draw_spec(rng, slice_count(rng, min_slices, max_slices))
+
+
+def margin_irregularity(row: dict[str, str], seed: int, index: int) -> float:
+    """The lesion margin's irregularity the planted cluster sets (random for a missing value)."""
+    column, levels, jitter = PLANTED
+    rng = _patient_rng(seed, index, 2)
+    if not row[column]:
+        return float(rng.uniform(0.05, 0.9))
+    return float(np.clip(levels[int(float(row[column]))] + rng.uniform(-jitter, jitter), 0.0, 1.0))
+
+
+def render(anatomy_kind: str, seed: int, index: int, row: dict[str, str], min_slices: int, max_slices: int,
+           image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One patient's (images, masks) from the chosen generator."""
+    if anatomy_kind == "phantom":
+        return phantom.render_volume(patient_spec(seed, index, min_slices, max_slices), image_size)
+    spec = anatomy.patient_spec(seed, index, min_slices, max_slices)
+    return anatomy.render_patient(spec, image_size, margin_irregularity=margin_irregularity(row, seed, index))
 
 
 def clinical_rows(folders: list[str], seed: int) -> list[dict[str, str]]:
@@ -144,9 +170,10 @@ def write_synthetic_dataset(
     max_slices: int = 88,
     image_size: int = 256,
     seed: int = 0,
+    anatomy: str = "phantom",
     overwrite: bool = False,
 ) -> Path:
-    """Write a phantom set in the Kaggle layout INTO ``dest`` (the ``kaggle_3m`` folder); return it.
+    """Write a synthetic set in the Kaggle layout INTO ``dest`` (the ``kaggle_3m`` folder); return it.
 
     The set is generated in a folder beside ``dest`` and renamed into place at the end, so ``dest``
     holds a whole set or is left as it was. A non-empty ``dest`` is replaced only with ``overwrite``.
@@ -160,24 +187,26 @@ def write_synthetic_dataset(
     seed = _check_int("seed", seed, 0, None, "a random seed")
     if not isinstance(overwrite, bool):
         raise InputError(f"overwrite must be True or False, got {overwrite!r}")
+    if anatomy not in ANATOMIES:
+        raise InputError(f"anatomy {anatomy!r}: use one of {', '.join(ANATOMIES)}")
     _check_dest(dest, overwrite)
+    rows = clinical_rows(names, seed)
 
     total = tumour_slices = 0
     # One writer thread: TIFF writing (system calls, GIL released) overlaps rendering the next
     # patient; waiting on the previous write keeps at most two volumes in memory.
     with atomic_dir(dest) as staging, ThreadPoolExecutor(max_workers=1) as writer:
         pending: Future | None = None
-        for index, folder in enumerate(names):
-            spec = patient_spec(seed, index, min_slices, max_slices)
-            images, masks = render_volume(spec, image_size)
+        for index, (folder, row) in enumerate(zip(names, rows)):
+            images, masks = render(anatomy, seed, index, row, min_slices, max_slices, image_size)
             if pending is not None:
                 pending.result()
             pending = writer.submit(_write_patient, staging / folder, images, masks)
-            total += spec.n_slices
+            total += len(images)
             tumour_slices += int(masks.any(axis=(1, 2)).sum())
-        _write_csv(staging / "data.csv", clinical_rows(names, seed))
+        _write_csv(staging / "data.csv", rows)
         if pending is not None:
             pending.result()
-    log.info("synthetic set: %d patients, %d slices (%.0f%% with tumour), %d px, in %s",
+    log.info("synthetic set (%s): %d patients, %d slices (%.0f%% with tumour), %d px, in %s", anatomy,
              len(names), total, 100 * tumour_slices / total, image_size, dest)
     return dest
