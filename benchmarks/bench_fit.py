@@ -71,7 +71,7 @@ def build_set(patients: int, size: int, workers: int, *, seed: int = 0, min_slic
 
 def split_arrays(names: list[str], volumes: list, *, w0: float = 10.0, sigma_256: float = 5.0):
     """(train, val) SliceArrays: the reference's validation patients; edge slices out of training."""
-    from unet.prepare.split import REFERENCE_VAL_PATIENTS, reference_validation
+    from unet.split import REFERENCE_VAL_PATIENTS, reference_validation
     from unet.train.data import SliceArrays
     from unet.units import scale_px
     from unet.weightmaps.weightmap import class_weights_from_counts, weight_maps

@@ -10,7 +10,7 @@ from unet.download.sources import KaggleCredentialsError, UnsafeArchiveError
 from unet.errors import EnvironmentMismatch, InputError, MissingInputError, UserError
 from unet.io.kaggle import RawDataError
 from unet.predict import cli
-from unet.prepare.split import SplitError
+from unet.split import SplitError
 from unet.train.loop import TrainingDiverged
 
 USER_MISTAKES = [

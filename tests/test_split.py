@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from unet.config import SplitConfig
-from unet.prepare.split import SplitError, reference_validation, split_patients
+from unet.split import SplitError, reference_validation, split_patients
 
 NAMES = (Path(__file__).resolve().parents[1] / "unet/resources/lgg_patients.txt").read_text().split()
 

@@ -26,7 +26,7 @@ from unet.config import PrepareConfig
 from unet.io.kaggle import CHANNELS, read_image, read_mask
 from unet.preprocess import channels_present, preprocess_volume
 from unet.prepare.raw import PatientFiles, scan_raw
-from unet.prepare.split import split_patients
+from unet.split import split_patients
 
 log = logging.getLogger(__name__)
 
