@@ -127,6 +127,20 @@ def evaluate_report(metrics: Mapping) -> str:
               "3-D connected component).\n")
 
 
+def cv_report(metrics: Mapping) -> str:
+    """The cross-validation's figures: per-volume scores over every patient, and each fold's mean."""
+    if not metrics.get("folds"):
+        return "# cv: off\n\nSet `cv.folds` (the paper: 22) to segment every patient out of fold.\n"
+    rows = [(label, float(metrics[f"{key}_mean"]), float(metrics[f"{key}_median"])) for key, label in EVAL_ROWS
+            if f"{key}_mean" in metrics]
+    folds = [(f"fold {k}", float(v)) for k, v in metrics["fold_dsc_mean"].items()]
+    return (f"# cv: {metrics['folds']} folds, DSC {metrics['dsc_mean']:.4f} (median {metrics['dsc_median']:.4f}) "
+            f"over {metrics['n_volumes']} patients\n\n" + table(["metric", "mean", "median"], rows) + "\n\n"
+            + table(["fold", "DSC mean"], folds)
+            + f"\n\nFold means: std {metrics['fold_dsc_std']:.4f}, {metrics['fold_dsc_min']:.4f} to "
+              f"{metrics['fold_dsc_max']:.4f}. Every patient is scored once, by the fold model that never saw it.\n")
+
+
 def plain(value: object) -> object:
     """A value as a reader wants it in a table: lists comma-joined, nothing as a dash, no Python reprs."""
     if value is None:

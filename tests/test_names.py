@@ -32,6 +32,7 @@ OUTPUTS = {
     "evaluate": [CONFIG.evaluate.predictions_dir, CONFIG.evaluate.overlays_dir, CONFIG.evaluate.metrics_path,
                  CONFIG.evaluate.per_patient_path, CONFIG.evaluate.per_patient_figure],
     "check": [CONFIG.checked_path],
+    "cv": [CONFIG.cv.out_dir, CONFIG.cv.metrics_path, CONFIG.cv.per_patient_path],
     "register": [CONFIG.registry.record_path],
 }
 NAMES = sorted({path.name for paths in OUTPUTS.values() for path in paths if path.suffix}

@@ -280,6 +280,39 @@ class EvaluateConfig(_Section):
         return self.out_dir / "per_patient.png"
 
 
+class CvConfig(_Section):
+    """Cross-validation over every patient (the study the set was published with: 22 folds of 5)."""
+
+    folds: NonNegativeInt = 0  # 0: off; k >= 2 patient-level folds, stratified as the split is
+    val_fraction: Fraction = 0.15  # of each fold's training patients, to pick its best epoch
+    seed: int = 42
+    epochs: PositiveInt | None = None  # None: train.epochs
+    out_dir: Path = Path("data/cv")  # fold-<k>/ (model, history, scores), predictions/ (out-of-fold NIfTI)
+    metrics_dir: Path = Path("metrics")
+
+    @model_validator(mode="after")
+    def _folds(self) -> CvConfig:
+        if self.folds == 1:
+            raise ValueError("folds is 1: use 0 (off) or at least 2 (the paper: 22)")
+        return self
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.out_dir / f"fold-{fold:02d}"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """``<patient>_pred.nii.gz``: every patient segmented by the fold that did not see it."""
+        return self.out_dir / "predictions"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.metrics_dir / "cv.json"
+
+    @property
+    def per_patient_path(self) -> Path:
+        return self.metrics_dir / "cv_per_patient.csv"
+
+
 class RegistryConfig(_Section):
     """The register stage: the train run's model into the MLflow registry, champion if it scores better."""
 
@@ -308,6 +341,7 @@ class PipelineConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    cv: CvConfig = CvConfig()
     registry: RegistryConfig = RegistryConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

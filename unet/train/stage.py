@@ -45,9 +45,13 @@ def build_network(config: PipelineConfig, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
 
 
-def load_training_data(config: PipelineConfig) -> tuple[SliceArrays, SliceArrays]:
-    """The training slices (with their elastic copies) and the validation volumes, in memory."""
-    manifest = read_manifest(config.prepare.manifest_path)
+def load_training_data(config: PipelineConfig, manifest: pd.DataFrame | None = None) -> tuple[SliceArrays, SliceArrays]:
+    """The training slices (with their elastic copies) and the validation volumes, in memory.
+
+    ``manifest``: another assignment of the prepared patients to train/val (a cross-validation
+    fold); by default the prepare stage's split.
+    """
+    manifest = read_manifest(config.prepare.manifest_path) if manifest is None else manifest
     dirs = StageDirs(config.prepare.out_dir, config.weightmap.out_dir, config.augment.out_dir)
     train = load_split(manifest, "train", dirs, copies=config.train.elastic_copies,
                        skip_edge=config.train.skip_edge_slices)

@@ -1,0 +1,28 @@
+"""The ``cv`` stage: one model per patient-level fold, every patient segmented by a model that never
+saw it (Buda et al. 2019: 22 folds of 5 patients; ``cv.folds: 0`` switches it off)."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from flows.common import stage_main
+from tasks import cv as cv_tasks
+from unet.config import PipelineConfig
+from unet.cv import stage
+
+
+@flow(name="cv", log_prints=True)
+def cv_flow(config: PipelineConfig) -> dict:
+    metrics = stage.cross_validate(config, fold_runner=cv_tasks.run_fold)
+    cv_tasks.publish_report(metrics)
+    return metrics
+
+
+def run(config: PipelineConfig) -> dict:
+    return cv_flow(config)
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main(run, __doc__))

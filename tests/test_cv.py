@@ -1,0 +1,108 @@
+"""Cross-validation: every patient segmented once out of fold; unchanged folds kept; a killed fold resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import pytest
+
+from conftest import make_raw_tree, tiny_stage_params
+from unet.config import parse_config
+from unet.cv import stage
+from unet.cv.folds import assignments
+from unet.io.layout import read_manifest
+from unet.prepare.stage import prepare_dataset
+from unet.weightmaps.stage import class_weights, patient_weight_maps
+
+FOLDS = 3
+
+
+def cv_params(root, **cv) -> dict:
+    params = tiny_stage_params(root, epochs=1)
+    params["cv"] = {"folds": FOLDS, "epochs": 2, "val_fraction": 0.2, "out_dir": str(root / "cv"),
+                    "metrics_dir": str(root / "metrics"), **cv}
+    return params
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Nine patients prepared and their weight maps, without Prefect (the stages' own functions)."""
+    root = tmp_path_factory.mktemp("cv")
+    make_raw_tree(root / "raw/kaggle_3m", patients=9, slices=6, size=32)
+    config = parse_config(cv_params(root))
+    manifest = prepare_dataset(config.data.raw_root, config.prepare)
+    weights = class_weights(manifest, config.weightmap.class_balance)
+    for array_dir in manifest["array_dir"].unique():
+        patient_weight_maps(config.prepare.out_dir, array_dir, config.weightmap.out_dir, w0=10.0, sigma=1.25,
+                            weights=weights)
+    return root, config
+
+
+def test_every_patient_is_in_exactly_one_test_fold(prepared):
+    _, config = prepared
+    manifest = read_manifest(config.prepare.manifest_path)
+    folds = assignments(manifest, config)
+    tested = [p for fold in folds for p, part in fold.items() if part == "test"]
+    assert sorted(tested) == sorted(manifest["patient"].unique())
+    assert all({"train", "val", "test"} <= set(fold.values()) for fold in folds)
+
+
+def test_cross_validation_scores_every_patient_once_out_of_fold(prepared):
+    root, config = prepared
+    metrics = stage.cross_validate(config)
+    table = pd.read_csv(config.cv.per_patient_path)
+    manifest = read_manifest(config.prepare.manifest_path)
+    assert sorted(table["patient"]) == sorted(manifest["patient"].unique()) and table["patient"].is_unique
+    assert set(table["fold"]) == set(range(FOLDS)) and list(table.columns[:3]) == ["patient", "fold", "split"]
+    saved = json.loads(config.cv.metrics_path.read_text())
+    assert saved == metrics and saved["folds"] == FOLDS and saved["n_volumes"] == 9
+    assert {"dsc_mean", "dsc_median", "iou_mean", "hd95_mean", "fold_dsc_std"} <= set(saved)
+    assert set(saved["fold_dsc_mean"]) == {"0", "1", "2"}
+    predictions = sorted(p.name for p in config.cv.predictions_dir.glob("*_pred.nii.gz"))
+    assert predictions == sorted(f"{p}_pred.nii.gz" for p in manifest["patient"].unique())
+    for fold in range(FOLDS):  # each test patient's fold never trained or validated on it
+        parts = json.loads((config.cv.fold_dir(fold) / "fold.json").read_text())["parts"]
+        assert set(parts["test"]) == set(table.loc[table["fold"] == fold, "patient"])
+        assert not set(parts["test"]) & (set(parts["train"]) | set(parts["val"]))
+
+
+def test_an_unchanged_fold_is_kept_and_a_changed_one_reruns_alone(prepared, caplog):
+    _, config = prepared
+    stage.cross_validate(config)
+    kept = {k: (config.cv.fold_dir(k) / "models/best.pt").stat().st_mtime_ns for k in range(FOLDS)}
+    (config.cv.fold_dir(1) / "scores.csv").unlink()  # fold 1 lost its results
+    with caplog.at_level(logging.INFO, logger="unet"):
+        stage.cross_validate(config)
+    assert "fold 0: unchanged" in caplog.text and "fold 2: unchanged" in caplog.text
+    assert "fold 1: unchanged" not in caplog.text
+    after = {k: (config.cv.fold_dir(k) / "models/best.pt").stat().st_mtime_ns for k in range(FOLDS)}
+    assert after[0] == kept[0] and after[2] == kept[2]
+
+
+def test_a_killed_fold_resumes_after_its_last_epoch(prepared, caplog):
+    root, _ = prepared
+    config = parse_config(cv_params(root, out_dir=str(root / "cv-killed"), epochs=3))
+    manifest = read_manifest(config.prepare.manifest_path)
+    folds = assignments(manifest, config)
+
+    def kill(epoch, metrics):
+        if epoch == 2:
+            raise KeyboardInterrupt  # as a kill after the epoch's checkpoint was written
+
+    with pytest.raises(KeyboardInterrupt):
+        stage.run_fold(config, manifest, 0, folds[0], on_epoch=kill)
+    assert not json.loads((config.cv.fold_dir(0) / "fold.json").read_text())["done"]
+    with caplog.at_level(logging.INFO, logger="unet"):
+        table = stage.run_fold(config, manifest, 0, folds[0])
+    assert "resuming after epoch 2" in caplog.text
+    history = pd.read_csv(config.cv.fold_dir(0) / "train_history.csv")
+    assert list(history["epoch"]) == [1, 2, 3] and len(table) == sum(p == "test" for p in folds[0].values())
+
+
+def test_cv_off_writes_a_note_and_an_empty_table(prepared):
+    root, _ = prepared
+    config = parse_config(cv_params(root, folds=0, metrics_dir=str(root / "off")))
+    assert stage.cross_validate(config)["folds"] == 0
+    assert pd.read_csv(config.cv.per_patient_path).empty

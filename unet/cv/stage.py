@@ -1,0 +1,147 @@
+"""The ``cv`` stage's work: train each fold, segment its test patients, gather every patient's score.
+
+Output under ``cv.out_dir``: ``fold-<k>/`` (``fold.json``: its patients and key; ``models/``;
+``train.json``, the history and curve; ``scores.csv``; ``predictions/``) and ``predictions/``
+(every patient's out-of-fold mask as NIfTI at the original geometry, as evaluate writes them).
+A fold whose key (patients, model, recipe, data) is unchanged keeps its results, so a changed
+fold reruns alone; a fold killed mid-training resumes from its last epoch (``train.resume``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unet.config import PipelineConfig
+from unet.cv.folds import assignments, describe, fold_config, fold_key, fold_manifest
+from unet.device import select_device
+from unet.evaluate.scores import evaluate_patient, json_safe, per_patient_table
+from unet.io import nifti
+from unet.io.atomic import atomic_dir, atomic_file
+from unet.io.layout import read_manifest
+from unet.predict.segmenter import Segmenter
+from unet.train import stage as train_stage
+
+log = logging.getLogger(__name__)
+
+FOLD_FILE, SCORES_FILE = "fold.json", "scores.csv"
+SCORES = ("dsc", "dsc_no_postprocess", "iou", "precision", "recall", "hd95", "avd_relative")
+
+
+def data_digest(config: PipelineConfig) -> str:
+    """The prepared data and weight maps as the folds see them (their manifest and summary)."""
+    digest = hashlib.sha256(Path(config.prepare.manifest_path).read_bytes())
+    if config.weightmap.summary_path.is_file():
+        digest.update(config.weightmap.summary_path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def read_fold(folder: Path) -> dict[str, Any]:
+    path = folder / FOLD_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_fold(folder: Path, record: dict[str, Any]) -> None:
+    with atomic_file(folder / FOLD_FILE, "w") as handle:
+        json.dump(record, handle, indent=2)
+
+
+def predict_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The fold model on the fold's test patients: NIfTI masks and one score row a patient."""
+    cfg = fold_config(config, fold)
+    segmenter = Segmenter.from_checkpoint(cfg.train.best_path, device=select_device(config.train.device),
+                                          threshold=config.evaluate.threshold)
+    rows = manifest[manifest["split"] == "test"]
+    results = [evaluate_patient(segmenter, patient_rows) for _, patient_rows in rows.groupby("patient", sort=True)]
+    with atomic_dir(config.cv.fold_dir(fold) / "predictions") as staging:
+        for r in results:
+            nifti.write_volume(staging / f"{r.patient}_pred.nii.gz", r.prediction,
+                               description=f"lgg-unet out-of-fold prediction, fold {fold}; identity affine")
+    table = per_patient_table(results).assign(fold=fold)
+    with atomic_file(config.cv.fold_dir(fold) / SCORES_FILE, "w") as handle:
+        table.to_csv(handle, index=False)
+    return table
+
+
+def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignment: dict[str, str],
+             on_epoch: Callable | None = None) -> pd.DataFrame:
+    """Train (or resume, or keep) fold ``fold`` and score its test patients; their score rows."""
+    folder = config.cv.fold_dir(fold)
+    key = fold_key(assignment, config, data_digest(config))
+    record = read_fold(folder)
+    if record.get("key") == key and record.get("done") and (folder / SCORES_FILE).is_file():
+        log.info("fold %d: unchanged, its results kept", fold)
+        return pd.read_csv(folder / SCORES_FILE)
+    if record.get("key") != key and folder.exists():
+        shutil.rmtree(folder)  # another fold now (patients, recipe or data changed): start afresh
+    write_fold(folder, {"fold": fold, "key": key, "done": False, "parts": describe(assignment)})
+    ours = fold_manifest(manifest, assignment)
+    cfg = fold_config(config, fold)
+    train_stage.train(cfg, on_epoch, load_data=lambda c: train_stage.load_training_data(c, ours),
+                      state=train_stage.resume_state(cfg))
+    table = predict_fold(config, ours, fold)
+    write_fold(folder, {**read_fold(folder), "done": True})
+    return table
+
+
+def gather_predictions(config: PipelineConfig) -> int:
+    """Every fold's out-of-fold masks into ``cv.predictions_dir`` (hard links where the disk allows)."""
+    count = 0
+    with atomic_dir(config.cv.predictions_dir) as staging:
+        for fold in range(config.cv.folds):
+            for path in sorted((config.cv.fold_dir(fold) / "predictions").glob("*.nii.gz")):
+                try:
+                    os.link(path, staging / path.name)
+                except OSError:
+                    shutil.copy2(path, staging / path.name)
+                count += 1
+    return count
+
+
+def summarise(table: pd.DataFrame, folds: int) -> dict[str, Any]:
+    """``cv.json``: per-volume scores over every patient, and the per-fold means and their spread."""
+    metrics: dict[str, Any] = {"folds": folds, "n_volumes": int(len(table))}
+    for score in SCORES:
+        values = table[score].astype(float)
+        metrics[f"{score}_mean"], metrics[f"{score}_median"] = float(values.mean()), float(values.median())
+    per_fold = table.groupby("fold")["dsc"].mean()
+    metrics["fold_dsc_mean"] = {str(k): float(v) for k, v in per_fold.items()}
+    metrics.update(fold_dsc_std=float(per_fold.std(ddof=0)), fold_dsc_min=float(per_fold.min()),
+                   fold_dsc_max=float(per_fold.max()))
+    return json_safe(metrics)
+
+
+def write_outputs(config: PipelineConfig, table: pd.DataFrame, metrics: dict[str, Any]) -> None:
+    with atomic_file(config.cv.per_patient_path, "w") as handle:
+        table[["patient", "fold", "split", *[c for c in table.columns if c not in ("patient", "fold", "split")]]] \
+            .to_csv(handle, index=False)
+    with atomic_file(config.cv.metrics_path, "w") as handle:
+        json.dump(metrics, handle, indent=2)
+
+
+def cross_validate(config: PipelineConfig, fold_runner: Callable = run_fold) -> dict[str, Any]:
+    """Everything the stage does; ``fold_runner(config, manifest, fold, assignment)`` may be a task."""
+    if not config.cv.folds:
+        metrics = {"folds": 0, "n_volumes": 0, "note": "cross-validation is off (cv.folds: 0)"}
+        write_outputs(config, pd.DataFrame(columns=["patient", "fold", "split", "dsc"]), metrics)
+        return metrics
+    manifest = read_manifest(config.prepare.manifest_path)
+    tables = [fold_runner(config, manifest, k, assignment) for k, assignment in enumerate(assignments(manifest, config))]
+    table = pd.concat(tables, ignore_index=True).sort_values("patient").reset_index(drop=True)
+    if table["patient"].duplicated().any() or set(table["patient"]) != set(manifest["patient"]):
+        raise AssertionError("every patient must be predicted exactly once out of fold")
+    gather_predictions(config)
+    metrics = summarise(table, config.cv.folds)
+    write_outputs(config, table, metrics)
+    log.info("cross-validation, %d folds: per-volume DSC mean %.4f, median %.4f over %d patients "
+             "(fold means %.4f..%.4f)", config.cv.folds, metrics["dsc_mean"], metrics["dsc_median"],
+             metrics["n_volumes"], metrics["fold_dsc_min"], metrics["fold_dsc_max"])
+    return metrics
