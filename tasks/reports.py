@@ -141,6 +141,24 @@ def cv_report(metrics: Mapping) -> str:
               f"{metrics['fold_dsc_max']:.4f}. Every patient is scored once, by the fold model that never saw it.\n")
 
 
+def radiogenomics_report(result: Mapping) -> str:
+    """The study's tests, most significant first: feature, cluster, masks, n, p, Bonferroni p."""
+    tests = sorted(result["tests"], key=lambda t: (t["p"] != t["p"], t["p"]))
+    rows = [(t["feature"].upper(), t["variable"], t["masks"], t["n"], float(t["p"]), float(t["p_adjusted"]),
+             ("yes" if t["significant"] else "no") + (" (pre-registered)" if t["preregistered"] else ""))
+            for t in tests]
+    found = sum(t["significant"] for t in tests)
+    agreement = result.get("agreement", {})
+    lines = [f"# radiogenomics: {found} of {len(tests)} tests significant after Bonferroni "
+             f"({result['patients']} patients)", "",
+             table(["feature", "cluster", "masks", "n", "p", "p (Bonferroni)", "significant"], rows)]
+    if agreement:
+        lines += ["", table(["feature", "n", "Pearson r (automatic vs manual)", "mean |difference|"],
+                            [(f.upper(), a["n"], float(a["pearson_r"]), float(a["mean_abs_difference"]))
+                             for f, a in agreement.items()])]
+    return "\n".join(lines) + "\n"
+
+
 def plain(value: object) -> object:
     """A value as a reader wants it in a table: lists comma-joined, nothing as a dash, no Python reprs."""
     if value is None:

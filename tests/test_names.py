@@ -33,6 +33,8 @@ OUTPUTS = {
                  CONFIG.evaluate.per_patient_path, CONFIG.evaluate.per_patient_figure],
     "check": [CONFIG.checked_path],
     "cv": [CONFIG.cv.out_dir, CONFIG.cv.metrics_path, CONFIG.cv.per_patient_path],
+    "radiogenomics": [CONFIG.radiogenomics.metrics_path, CONFIG.radiogenomics.features_path,
+                      CONFIG.radiogenomics.figure],
     "register": [CONFIG.registry.record_path],
 }
 NAMES = sorted({path.name for paths in OUTPUTS.values() for path in paths if path.suffix}

@@ -313,6 +313,31 @@ class CvConfig(_Section):
         return self.metrics_dir / "cv_per_patient.csv"
 
 
+class RadiogenomicsConfig(_Section):
+    """Shape features of the manual and out-of-fold masks against the genomic clusters (Buda 2019)."""
+
+    # (slice, row, column) mm. The TIFFs carry none: an assumption (0.94 mm in-plane, 240 mm field of
+    # view at 256 px; 3 mm slices). BEVR, MF and ASD do not change with it (scale-free); volumes do.
+    spacing_mm: tuple[float, float, float] = (3.0, 0.94, 0.94)
+    out_dir: Path = Path("metrics")  # radiogenomics.json, radiogenomics_features.csv
+    figure: Path = Path("reports/radiogenomics.png")  # -log10 p, features x clusters, manual | automatic
+
+    @model_validator(mode="after")
+    def _spacing(self) -> RadiogenomicsConfig:
+        if min(self.spacing_mm) <= 0:
+            raise ValueError(f"spacing_mm {list(self.spacing_mm)}: every spacing must be above 0 mm")
+        return self
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "radiogenomics.json"
+
+    @property
+    def features_path(self) -> Path:
+        """One row a patient and mask kind: bevr, mf, asd, volume_ml."""
+        return self.out_dir / "radiogenomics_features.csv"
+
+
 class RegistryConfig(_Section):
     """The register stage: the train run's model into the MLflow registry, champion if it scores better."""
 
@@ -342,6 +367,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     cv: CvConfig = CvConfig()
+    radiogenomics: RadiogenomicsConfig = RadiogenomicsConfig()
     registry: RegistryConfig = RegistryConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

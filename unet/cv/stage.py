@@ -23,10 +23,10 @@ import pandas as pd
 from unet.config import PipelineConfig
 from unet.cv.folds import assignments, describe, fold_config, fold_key, fold_manifest
 from unet.device import select_device
-from unet.evaluate.scores import evaluate_patient, json_safe, per_patient_table
+from unet.evaluate.scores import evaluate_patient, per_patient_table
 from unet.io import nifti
 from unet.io.atomic import atomic_dir, atomic_file
-from unet.io.layout import read_manifest
+from unet.io.layout import json_safe, read_manifest
 from unet.predict.segmenter import Segmenter
 from unet.train import stage as train_stage
 

@@ -10,7 +10,6 @@ inflates the figure; ``slice_dice_mean`` is reported beside them to show by how 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from unet.io.kaggle import read_image, read_mask
+from unet.io.layout import json_safe  # noqa: F401 (kept importable from here)
 from unet.metrics import dice, global_dice, slice_dice_mean, summarise, tumour_slice_dice, volume_scores
 from unet.predict.segmenter import Segmenter
 
@@ -82,12 +82,3 @@ def per_patient_table(results: list[PatientResult]) -> pd.DataFrame:
                          for r in results])
 
 
-def json_safe(value: Any) -> Any:
-    """NaN and inf are not JSON: write them as null (the counts say how many volumes were left out)."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value

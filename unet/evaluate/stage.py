@@ -20,11 +20,10 @@ from unet.config import PipelineConfig
 from unet.device import select_device
 from unet.evaluate.overlay import overlay_figure
 from unet.evaluate.plots import per_patient_bars
-from unet.evaluate.scores import (PatientResult, evaluate_patient, json_safe, original_images, per_patient_table,
-                                  split_metrics)
+from unet.evaluate.scores import PatientResult, evaluate_patient, original_images, per_patient_table, split_metrics
 from unet.io import nifti
 from unet.io.atomic import atomic_dir, atomic_file
-from unet.io.layout import read_manifest
+from unet.io.layout import json_safe, read_manifest
 from unet.predict.segmenter import Segmenter
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ one change here (and every stage depending on this file reruns).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,13 @@ def read_summary(path: Path, stage: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise MissingInputError(f"{path}: missing; run the {stage} stage first (dvc repro {stage})")
     return json.loads(Path(path).read_text())
+
+def json_safe(value: Any) -> Any:
+    """NaN and inf are not JSON: write them as null (the counts say how many volumes were left out)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value

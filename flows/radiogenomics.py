@@ -1,0 +1,28 @@
+"""The ``radiogenomics`` stage: tumour shape against genomic subtypes (Buda, Saha & Mazurowski 2019)."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from flows.common import stage_main
+from tasks import radiogenomics as radiogenomics_tasks
+from unet.config import PipelineConfig
+from unet.radiogenomics import stage
+
+
+@flow(name="radiogenomics", log_prints=True)
+def radiogenomics_flow(config: PipelineConfig) -> dict:
+    result = stage.run(config)
+    radiogenomics_tasks.log_study(config, result)
+    radiogenomics_tasks.publish_report(result)
+    return result
+
+
+def run(config: PipelineConfig) -> dict:
+    return radiogenomics_flow(config)
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main(run, __doc__))

@@ -1,0 +1,36 @@
+"""Tasks of the ``radiogenomics`` stage: the study's table as a Prefect artifact and an MLflow run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow import MlflowClient
+
+from tasks.common import stage_task
+from tasks.reports import publish, radiogenomics_report
+from tasks.tracking import log_metrics, use_experiment
+from unet.config import PipelineConfig
+
+
+@stage_task(name="log-radiogenomics")
+def log_study(config: PipelineConfig, result: dict[str, Any]) -> str:
+    """One MLflow run (tag stage=radiogenomics): every test's p-value as a metric, the files."""
+    experiment_id = use_experiment(config.mlflow)
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name="radiogenomics",
+                            tags={"stage": "radiogenomics", "mlflow.note.content":
+                                  "Buda et al. 2019 on this pipeline: shape features x genomic clusters"})
+    run_id = run.info.run_id
+    log_metrics(run_id, {f"p_{t['masks']}_{t['feature']}_{t['variable']}": t["p"] for t in result["tests"]})
+    rg = config.radiogenomics
+    for path in (rg.metrics_path, rg.features_path, rg.figure):
+        if path.is_file():
+            client.log_artifact(run_id, str(path), "radiogenomics")
+    client.set_terminated(run_id)
+    return run_id
+
+
+def publish_report(result: dict[str, Any]) -> None:
+    publish("lgg-radiogenomics", radiogenomics_report(result), description="shape features x genomic clusters")
+
+
