@@ -57,6 +57,13 @@ class PredictOptions:
     largest_component: bool = True
     all_overlays: bool = False
     overwrite: bool = False  # replace an earlier lgg-predict result in --output
+    flair_series: str | None = None  # DICOM: SeriesNumber, SeriesInstanceUID or description substring
+    pre_series: str | None = None  # ... or "none": FLAIR stands in
+    post_series: str | None = None
+    resample: bool = False  # DICOM: resample pre/post onto FLAIR's grid when they lie on another
+    bids: Path | None = None  # also write the mask into this BIDS derivative dataset
+    bids_subject: str | None = None
+    bids_session: str | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,8 +85,9 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     """Read, segment and write one scan; returns the summary that ``summary.json`` holds."""
     started = time.perf_counter()
     check_output(Path(options.output).resolve(), options.overwrite)  # before the work, not after it
-    scan = read_scan(options.inputs)
-    warnings = []
+    scan = read_scan(options.inputs, series={"flair": options.flair_series, "pre": options.pre_series,
+                                             "post": options.post_series}, resample=options.resample)
+    warnings = list(getattr(scan, "warnings", []))  # a DICOM study's stand-ins and resampling
     if scan.images.shape[0] == 1:
         log.warning(SINGLE_SLICE_WARNING, scan.sources[0])
         warnings.append(SINGLE_SLICE_WARNING % scan.sources[0])
@@ -90,6 +98,8 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     shown = range(len(mask)) if options.all_overlays else most_tumour_slices(mask, count=N_OVERLAYS)
     overlays = {f"{OVERLAY_DIR}/slice_{scan.slice_numbers[k]:03d}.png": k for k in shown}
     summary = summarise(scan, mask, segmenter, options, list(overlays), warnings)
+    if options.bids is not None:
+        summary["bids_mask"] = str(write_bids(options, scan, mask, segmenter, summary))
     write_outputs(options.output, scan, mask, summary, overlays, overwrite=options.overwrite)
     log.info("read %.2f s, segment %.2f s, write %.2f s", read_s, segment_s,
              time.perf_counter() - started - read_s - segment_s)
@@ -117,10 +127,35 @@ def summarise(scan: Scan, mask: np.ndarray, segmenter: Segmenter, options: Predi
         "tumour_voxels": voxels,
         "tumour_volume_ml": voxels * float(np.prod(scan.spacing)) / 1000 if scan.has_geometry else None,
         "intensities_scaled": scan.scaled,
+        "dicom_series": getattr(scan, "series", None),  # role -> SeriesNumber, description, UID; None: FLAIR stood in
         "warnings": warnings,
         "mask": MASK_NAME,
         "overlays": overlays,
     }
+
+
+def write_bids(options: PredictOptions, scan: Scan, mask: np.ndarray, segmenter: Segmenter,
+               summary: dict[str, Any]) -> Path:
+    """The mask as a BIDS derivative under ``options.bids``: subject (and session) from --bids-subject
+    (--bids-session), else from the input's BIDS file name or Kaggle folder name."""
+    from unet.io.bids import source_entities_for, write_derivative
+
+    source = scan.sources[1] if scan.kind == "nifti-channels" else scan.sources[0]  # FLAIR's file
+    if options.bids_subject:
+        entities = {"sub": options.bids_subject}
+    elif scan.kind == "dicom":  # PatientID may be a hospital number: never put it in a file name unasked
+        raise InputError(f"{source}: --bids needs --bids-subject LABEL for DICOM input")
+    else:
+        entities = dict(source_entities_for(source))  # InputError asking for --bids-subject when neither
+    if options.bids_session:
+        entities["ses"] = options.bids_session
+    files = write_derivative(
+        options.bids, entities["sub"], mask, scan.affine, source_entities=entities,
+        sources=[str(p) for p in scan.sources], header=scan.header, threshold=segmenter.threshold,
+        model={"path": summary["model"]["path"], "sha256": summary["model"]["sha256"],
+               "config": summary["model"]["config"], "image_size": segmenter.image_size},
+        extra={"LargestComponent": options.largest_component, "TTA": segmenter.tta, "InputKind": scan.kind})
+    return files.mask
 
 
 def _sha256(path: Path) -> str:
@@ -221,6 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep every predicted region, not only the largest 3-D connected one")
     parser.add_argument("--all-overlays", action="store_true",
                         help=f"one overlay a slice, not only the {N_OVERLAYS} slices with the most tumour")
+    dicom = parser.add_argument_group("DICOM input (--input FOLDER holding one study's DICOM files)")
+    for role, name in (("flair", "FLAIR"), ("pre", "pre-contrast"), ("post", "post-contrast")):
+        dicom.add_argument(f"--{role}-series", metavar="SERIES", default=None,
+                           help=f"the {name} series: its SeriesNumber, SeriesInstanceUID or a SeriesDescription/"
+                                "ProtocolName substring" + ("" if role == "flair" else "; 'none': FLAIR stands in")
+                                + " (default: picked by description keywords, see unet/predict/dicom.py)")
+    dicom.add_argument("--resample", action="store_true",
+                       help="resample pre/post-contrast series that lie on another grid onto FLAIR's, by scanner "
+                            "coordinates (trilinear, no registration); default: refuse them")
+    bids = parser.add_argument_group("BIDS derivative output")
+    bids.add_argument("--bids", type=Path, default=None, metavar="DIR",
+                      help="also write the mask as sub-<label>[_ses-<label>]..._desc-tumor_mask.nii.gz with a JSON "
+                           "sidecar into the BIDS derivative dataset DIR (e.g. <bids>/derivatives/lgg-unet)")
+    bids.add_argument("--bids-subject", metavar="LABEL", default=None,
+                      help="BIDS subject label (non-alphanumerics dropped: TCGA_CS_4941 -> TCGACS4941); default: "
+                           "from a BIDS-named input or a Kaggle folder name; required for DICOM")
+    bids.add_argument("--bids-session", metavar="LABEL", default=None, help="BIDS session label")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and stage timings")
     return parser
 
@@ -232,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     options = PredictOptions(args.model, args.inputs, args.output, args.device, args.tta, args.threshold,
-                             args.largest_component, args.all_overlays, args.overwrite)
+                             args.largest_component, args.all_overlays, args.overwrite,
+                             flair_series=args.flair_series, pre_series=args.pre_series,
+                             post_series=args.post_series, resample=args.resample, bids=args.bids,
+                             bids_subject=args.bids_subject, bids_session=args.bids_session)
     try:
         summary = predict(options)
     except (UserError, OSError) as exc:  # what the user can fix; anything else is a bug and keeps its traceback

@@ -7,7 +7,10 @@ way the Kaggle TIFFs hold them, with the geometry to write the mask back on the 
   ``<n>``, ``*_mask.tif`` and other files ignored): identity affine, as ``unet.io.nifti`` writes;
 * one 4-D NIfTI (H, W, slices, 3), or three 3-D NIfTI files (pre, FLAIR, post) on one grid: the
   mask keeps the input's affine and header (FLAIR's, for three files);
-* one RGB TIFF or PNG slice: a one-slice volume.
+* one RGB TIFF or PNG slice: a one-slice volume;
+* a folder of DICOM files (one study, series mixed or in subfolders): ``unet.predict.dicom`` picks
+  FLAIR, pre- and post-contrast (or the series named in ``series``), stacks them on FLAIR's grid
+  and gives the mask FLAIR's geometry as a NIfTI affine.
 
 Intensities that are not uint8 are scaled to 0..255, each sequence over the whole volume from its
 minimum to its maximum (``Scan.scaled`` says so). Every fault raises ``ValueError`` naming the file.
@@ -15,6 +18,7 @@ minimum to its maximum (``Scan.scaled`` says so). Every fault raises ``ValueErro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +42,7 @@ class Scan:
     """One patient's slices and where they came from."""
 
     images: np.ndarray  # (S, H, W, 3) uint8
-    kind: str  # kaggle-folder | nifti | nifti-channels | slice
+    kind: str  # kaggle-folder | nifti | nifti-channels | slice | dicom
     sources: list[Path]
     slice_numbers: list[int]  # as the files number them (Kaggle <n>), else 1..S
     affine: np.ndarray = field(default_factory=lambda: IDENTITY.copy())
@@ -59,12 +63,23 @@ class Scan:
             np.allclose(self.affine, IDENTITY) and np.allclose(self.spacing, 1.0))
 
 
-def read_scan(paths: list[Path]) -> Scan:
-    """Dispatch on what was given: a folder, one or three NIfTI files, or one slice image."""
+def read_scan(paths: list[Path], *, series: Mapping[str, str | int | None] | None = None,
+              resample: bool = False) -> Scan:
+    """Dispatch on what was given: a folder (Kaggle slices or DICOM), one or three NIfTI files, or one
+    slice image. ``series`` ({"flair": ..., "pre": ..., "post": ...}) and ``resample`` are for DICOM."""
     paths = [Path(p) for p in paths]
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: input not found")
+    series = {k: v for k, v in (series or {}).items() if v is not None}
+    if len(paths) == 1 and paths[0].is_dir():
+        from unet.predict.dicom import is_dicom_folder, read_dicom_folder  # here: dicom.py imports this module
+
+        if is_dicom_folder(paths[0]):
+            return read_dicom_folder(paths[0], **series, resample=resample)
+    if series or resample:
+        given = [f"--{k}-series" for k in series] + (["--resample"] if resample else [])
+        raise InputError(f"{' '.join(map(str, paths))}: {', '.join(given)} apply to a folder of DICOM files only")
     if len(paths) == 3:
         if not all(_is_nifti(p) for p in paths):
             raise InputError(f"{' '.join(map(str, paths))}: three inputs must be three 3-D NIfTI files "
@@ -81,7 +96,7 @@ def read_scan(paths: list[Path]) -> Scan:
     if path.name.lower().endswith(SLICE_SUFFIXES):
         return read_slice(path)
     raise InputError(f"{path}: unknown input type; give a patient folder of <patient>_<n>.tif slices, "
-                     "a .nii/.nii.gz volume, or one .tif/.png slice")
+                     "a folder of DICOM files, a .nii/.nii.gz volume, or one .tif/.png slice")
 
 
 def _is_nifti(path: Path) -> bool:
