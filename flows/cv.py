@@ -16,6 +16,10 @@ from unet.cv import stage
 @flow(name="cv", log_prints=True)
 def cv_flow(config: PipelineConfig) -> dict:
     metrics = stage.cross_validate(config, fold_runner=cv_tasks.run_fold)
+    if config.cv.folds:
+        registered = cv_tasks.register_ensemble(config, metrics)
+        print(f"the {config.cv.folds} fold models as one: {registered['model_name']} version "
+              f"{registered['version']}, {registered['decision']}")
     cv_tasks.publish_report(metrics)
     return metrics
 

@@ -6,10 +6,16 @@ from typing import Any
 
 from prefect import get_run_logger
 
+from mlflow import MlflowClient
+
+from tasks import mlflow_model
 from tasks.common import stage_task
+from tasks.register import move_aliases, register_version
 from tasks.reports import cv_report, publish
+from tasks.tracking import log_metrics, use_experiment
 from unet.config import PipelineConfig
 from unet.cv import stage
+from unet.io.layout import read_manifest
 
 
 @stage_task(name="cv-fold", task_run_name="fold-{fold}")
@@ -20,6 +26,30 @@ def run_fold(config: PipelineConfig, manifest, fold: int, assignment: dict[str, 
         logger.info("fold %d, epoch %d: loss %.4f, val DSC %.4f", fold, epoch, metrics["loss"], metrics["val_dsc"])
 
     return stage.run_fold(config, manifest, fold, assignment, on_epoch)
+
+
+ENSEMBLE_SCORE = "cv_dsc_mean"  # the registry decides on it: per-volume DSC over every patient, out of fold
+
+
+@stage_task(name="register-ensemble")
+def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    """One MLflow run for the cross-validation (its figures, the per-patient table), the fold models as
+    one pyfunc, registered as ``<registry.model_name>-cv``; its champion moves only to a better CV DSC."""
+    experiment_id = use_experiment(config.mlflow)
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, run_name=f"cv-{config.cv.folds}-folds", tags={
+        "stage": "cv", "mlflow.note.content": f"{config.cv.folds}-fold cross-validation; the fold models' ensemble"
+    }).info.run_id
+    log_metrics(run_id, {f"cv_{k}": v for k, v in metrics.items()} | {ENSEMBLE_SCORE: metrics["dsc_mean"]})
+    client.log_artifact(run_id, str(config.cv.per_patient_path), "cv")
+    manifest = read_manifest(config.prepare.manifest_path)
+    info = mlflow_model.log_ensemble(run_id, stage.fold_checkpoints(config), mlflow_model.example_slices(manifest),
+                                     f"cv-ensemble-{run_id[:8]}")
+    client.set_terminated(run_id)
+    name = f"{config.registry.model_name}-cv"
+    version = register_version(name, run_id, info.model_uri, ENSEMBLE_SCORE, float(metrics["dsc_mean"]))
+    return {"model_name": name, "version": int(version), "run_id": run_id,
+            **move_aliases(name, version, float(metrics["dsc_mean"]))}
 
 
 def publish_report(metrics: dict[str, Any]) -> None:

@@ -56,6 +56,14 @@ def example_slices(manifest: pd.DataFrame, count: int = 4) -> np.ndarray:
     return np.stack([read_image(Path(p)) for p in rows["image_path"].iloc[start:start + count]])
 
 
+def log_ensemble(run_id: str, checkpoints: list[Path], input_example: np.ndarray, name: str) -> ModelInfo:
+    """The fold models as one pyfunc (``tasks/pyfunc_ensemble.py``), the same contract as ``log_model``'s."""
+    return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                     python_model=str(PYFUNC_CODE.with_name("pyfunc_ensemble.py")),
+                     artifacts={f"fold-{k:02d}": str(path) for k, path in enumerate(checkpoints)},
+                     signature=SIGNATURE, input_example=input_example, pip_requirements=requirements())
+
+
 def log_model(run_id: str, checkpoint: Path, input_example: np.ndarray, name: str = "lgg-unet") -> ModelInfo:
     """Log the checkpoint as the run's pyfunc model.
 

@@ -106,3 +106,49 @@ def test_cv_off_writes_a_note_and_an_empty_table(prepared):
     config = parse_config(cv_params(root, folds=0, metrics_dir=str(root / "off")))
     assert stage.cross_validate(config)["folds"] == 0
     assert pd.read_csv(config.cv.per_patient_path).empty
+
+
+def test_held_out_patients_score_each_fold_and_the_ensemble(prepared):
+    root, _ = prepared
+    config = parse_config(cv_params(root, out_dir=str(root / "cv-holdout"), metrics_dir=str(root / "holdout"),
+                                    holdout_test=True, folds=2, epochs=1))
+    manifest = read_manifest(config.prepare.manifest_path)
+    metrics = stage.cross_validate(config)
+    test = set(manifest.loc[manifest["split"] == "test", "patient"])
+    table = pd.read_csv(config.cv.per_patient_path)
+    assert test and not test & set(table["patient"])  # the held-out patients sit out of every fold
+    holdout = metrics["holdout"]
+    assert holdout["patients"] == len(test) and len(holdout["fold_dsc_means"]) == 2
+    assert 0 <= holdout["ensemble_dsc_mean"] <= 1 and holdout["best_single_fold_dsc_mean"] >= holdout["single_fold_dsc_mean"]
+
+
+@pytest.mark.integration
+def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect_api, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from flows import cv as cv_flow
+    from tasks import cv as cv_tasks
+    from unet.io.kaggle import read_image
+    from unet.predict.ensemble import EnsembleSegmenter
+
+    root, _ = prepared
+    config = parse_config(cv_params(root, out_dir=str(root / "cv-ens"), metrics_dir=str(root / "ens"), folds=2,
+                                    epochs=1) | {"registry": {"model_name": "lgg-test-cv-base"}})
+    metrics = cv_flow.run(config)
+    manifest = read_manifest(config.prepare.manifest_path)
+    rows = manifest[manifest["patient"] == manifest["patient"].iloc[0]].sort_values("index")
+    slices = np.stack([read_image(p) for p in rows["image_path"]])
+    expected = EnsembleSegmenter.from_checkpoints(stage.fold_checkpoints(config)).segment(slices)
+    np.save(tmp_path / "slices.npy", slices)
+    code = ("import sys, mlflow, numpy as np; m = mlflow.pyfunc.load_model('models:/lgg-test-cv-base-cv@champion'); "
+            "np.save(sys.argv[2], m.predict(np.load(sys.argv[1])))")
+    subprocess.run([sys.executable, "-c", code, tmp_path / "slices.npy", tmp_path / "mask.npy"], cwd=tmp_path,
+                   env=os.environ, check=True, timeout=180)
+    np.testing.assert_array_equal(np.load(tmp_path / "mask.npy"), expected)
+    worse = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": metrics["dsc_mean"] - 0.1})
+    better = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": metrics["dsc_mean"] + 0.1})
+    assert (worse["decision"], better["decision"]) == ("kept", "promoted")

@@ -287,6 +287,9 @@ class CvConfig(_Section):
     val_fraction: Fraction = 0.15  # of each fold's training patients, to pick its best epoch
     seed: int = 42
     epochs: PositiveInt | None = None  # None: train.epochs
+    # the main split's test patients sit out (True): folds over the rest, then each fold model and
+    # their ensemble are scored on the held-out patients; False: every patient in a fold (the paper)
+    holdout_test: bool = False
     out_dir: Path = Path("data/cv")  # fold-<k>/ (model, history, scores), predictions/ (out-of-fold NIfTI)
     metrics_dir: Path = Path("metrics")
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from unet.config import PipelineConfig
@@ -27,6 +28,7 @@ from unet.evaluate.scores import evaluate_patient, per_patient_table
 from unet.io import nifti
 from unet.io.atomic import atomic_dir, atomic_file
 from unet.io.layout import json_safe, read_manifest
+from unet.predict.ensemble import EnsembleSegmenter
 from unet.predict.segmenter import Segmenter
 from unet.train import stage as train_stage
 
@@ -127,6 +129,24 @@ def write_outputs(config: PipelineConfig, table: pd.DataFrame, metrics: dict[str
         json.dump(metrics, handle, indent=2)
 
 
+def fold_checkpoints(config: PipelineConfig) -> list[Path]:
+    return [fold_config(config, k).train.best_path for k in range(config.cv.folds)]
+
+
+def score_holdout(config: PipelineConfig, held_out: pd.DataFrame) -> dict[str, Any]:
+    """Each fold model alone and their ensemble on patients no fold saw: per-volume DSC means."""
+    device = select_device(config.train.device)
+    models = [Segmenter.from_checkpoint(p, device=device, threshold=config.evaluate.threshold)
+              for p in fold_checkpoints(config)]
+    ensemble = EnsembleSegmenter(models, config.evaluate.threshold)
+    patients = [rows for _, rows in held_out.groupby("patient", sort=True)]
+    singles = [float(np.mean([evaluate_patient(m, rows).scores["dsc"] for rows in patients])) for m in models]
+    together = [evaluate_patient(ensemble, rows).scores["dsc"] for rows in patients]
+    return {"patients": len(patients), "ensemble_dsc_mean": float(np.mean(together)),
+            "single_fold_dsc_mean": float(np.mean(singles)), "best_single_fold_dsc_mean": float(max(singles)),
+            "fold_dsc_means": singles}
+
+
 def cross_validate(config: PipelineConfig, fold_runner: Callable = run_fold) -> dict[str, Any]:
     """Everything the stage does; ``fold_runner(config, manifest, fold, assignment)`` may be a task."""
     if not config.cv.folds:
@@ -134,12 +154,15 @@ def cross_validate(config: PipelineConfig, fold_runner: Callable = run_fold) -> 
         write_outputs(config, pd.DataFrame(columns=["patient", "fold", "split", "dsc"]), metrics)
         return metrics
     manifest = read_manifest(config.prepare.manifest_path)
-    tables = [fold_runner(config, manifest, k, assignment) for k, assignment in enumerate(assignments(manifest, config))]
+    studied = manifest[manifest["split"] != "test"] if config.cv.holdout_test else manifest
+    tables = [fold_runner(config, studied, k, assignment) for k, assignment in enumerate(assignments(studied, config))]
     table = pd.concat(tables, ignore_index=True).sort_values("patient").reset_index(drop=True)
-    if table["patient"].duplicated().any() or set(table["patient"]) != set(manifest["patient"]):
+    if table["patient"].duplicated().any() or set(table["patient"]) != set(studied["patient"]):
         raise AssertionError("every patient must be predicted exactly once out of fold")
     gather_predictions(config)
     metrics = summarise(table, config.cv.folds)
+    if config.cv.holdout_test:
+        metrics["holdout"] = score_holdout(config, manifest[manifest["split"] == "test"])
     write_outputs(config, table, metrics)
     log.info("cross-validation, %d folds: per-volume DSC mean %.4f, median %.4f over %d patients "
              "(fold means %.4f..%.4f)", config.cv.folds, metrics["dsc_mean"], metrics["dsc_median"],

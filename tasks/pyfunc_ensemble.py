@@ -1,0 +1,42 @@
+"""The cross-validation's fold models as one pyfunc, logged as code (copied into the model).
+
+Same contract as the single model (``tasks/pyfunc_model.py``): one patient's raw slices
+(N, H, W, 3) uint8 in, a 0/1 mask (N, H, W) uint8 out. Inside: every fold model's probabilities
+on the input's grid, their mean, the threshold and the largest 3-D component
+(``unet.predict.ensemble.EnsembleSegmenter``). Needs only mlflow, numpy and the installed ``unet``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+
+class LggUnetEnsemble(mlflow.pyfunc.PythonModel):
+    """Raw slices (N, H, W, 3) uint8 in, a 0/1 mask (N, H, W) uint8 out, from the mean of the folds."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from unet.predict.ensemble import EnsembleSegmenter
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        folds = sorted(name for name in context.artifacts if name.startswith("fold-"))
+        self.ensemble = EnsembleSegmenter.from_checkpoints([Path(context.artifacts[f]) for f in folds], device=device)
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from unet.errors import InputError
+        from unet.predict.segmenter import as_slices
+
+        try:
+            return self.ensemble.segment(as_slices(model_input))
+        except InputError as exc:  # the server answers 400 with the message, not 500
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+mlflow.models.set_model(LggUnetEnsemble())

@@ -1,0 +1,44 @@
+"""Several trained networks as one: the mean of their probabilities, then threshold and largest component.
+
+The cross-validation's fold models make one such ensemble. Each member keeps its own
+preprocessing (recorded in its checkpoint); their probabilities meet on the input's own grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unet.errors import InputError
+from unet.metrics import postprocess
+from unet.predict.segmenter import Segmenter
+
+
+@dataclass
+class EnsembleSegmenter:
+    """Raw slices (S, H, W, 3) uint8 in, like ``Segmenter``; the members' mean probability inside."""
+
+    members: Sequence[Segmenter]
+    threshold: float = 0.5
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[Path], *, device: str | torch.device = "cpu",
+                         threshold: float | None = None) -> EnsembleSegmenter:
+        if not paths:
+            raise InputError("an ensemble needs at least one checkpoint")
+        members = [Segmenter.from_checkpoint(Path(p), device=device) for p in paths]
+        return cls(members, members[0].threshold if threshold is None else threshold)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Mean tumour probability (S, H, W) of the members, on the input's grid."""
+        return np.mean([member.probabilities(images) for member in self.members], axis=0)
+
+    def mask(self, probabilities: np.ndarray, *, largest_component: bool = True) -> np.ndarray:
+        return postprocess(probabilities, threshold=self.threshold, largest_component=largest_component)
+
+    def segment(self, images: np.ndarray, *, largest_component: bool = True) -> np.ndarray:
+        return self.mask(self.probabilities(images), largest_component=largest_component)
