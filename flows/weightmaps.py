@@ -17,7 +17,7 @@ from unet.weightmaps.stage import describe
 def weightmaps_flow(config: PipelineConfig) -> dict:
     summary = weightmap_tasks.all_patients(config)
     print(describe(summary))
-    weightmap_tasks.publish_report(summary)
+    weightmap_tasks.publish_report(summary, config.weightmap.figure)
     return summary
 
 

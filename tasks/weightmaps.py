@@ -14,6 +14,7 @@ from unet.io.atomic import atomic_dir
 from unet.io.layout import read_manifest, write_summary
 from unet.units import scale_px
 from unet.weightmaps import stage
+from unet.weightmaps.figure import weightmap_figure
 
 
 @stage_task(name="patient-weight-maps", task_run_name="weight-maps-{array_dir}")
@@ -35,8 +36,10 @@ def all_patients(config: PipelineConfig) -> dict[str, Any]:
         )
         summary = stage.summarise(config, weights, [future.result() for future in futures])
         write_summary(staging / params.summary_path.name, summary)
+    weightmap_figure(manifest, params.figure, w0=params.w0, sigma_256=params.sigma, weights=weights)
     return summary
 
 
-def publish_report(summary: dict[str, Any]) -> None:
-    publish("lgg-weightmaps", weightmaps_report(summary), description="class weights and weight-map figures")
+def publish_report(summary: dict[str, Any], figure: Path) -> None:
+    report = weightmaps_report(summary) + f"\nThe border term between touching tumour parts, at 256 px: `{figure}`.\n"
+    publish("lgg-weightmaps", report, description="class weights and weight-map figures")

@@ -25,7 +25,7 @@ TEMPLATE = re.compile(r"\$\{([^}]+)\}")
 OUTPUTS = {
     "download": [CONFIG.data.raw_root],
     "prepare": [CONFIG.prepare.out_dir],
-    "weightmaps": [CONFIG.weightmap.out_dir],
+    "weightmaps": [CONFIG.weightmap.out_dir, CONFIG.weightmap.figure],
     "augment": [CONFIG.augment.out_dir, CONFIG.augment.preview],
     "train": [CONFIG.train.checkpoint_path, CONFIG.train.best_path, CONFIG.train.run_path,
               CONFIG.train.metrics_path, CONFIG.train.history_path, CONFIG.train.curve_path],

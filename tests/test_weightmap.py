@@ -260,3 +260,28 @@ def test_class_weights_from_masks_names_a_bad_mask():
         class_weights_from_masks([np.zeros((4, 4)), np.full((4, 4), 3)], name="train")
     with pytest.raises(ValueError, match="no foreground"):
         class_weights_from_masks([np.zeros((4, 4))])
+
+
+def test_the_stage_picture_shows_the_border_term_at_256_px(tmp_path):
+    """Two tumour parts 6 px apart on a 256 px slice: the picture's map has the separation term."""
+    import pandas as pd
+    import tifffile
+
+    from unet.weightmaps.figure import pick_slices, weightmap_figure
+
+    mask = np.zeros((256, 256), np.uint8)
+    mask[100:140, 60:120] = 255
+    mask[100:140, 126:190] = 255
+    tifffile.imwrite(tmp_path / "P_1_mask.tif", mask)
+    single = np.zeros_like(mask)
+    single[10:20, 10:20] = 255
+    tifffile.imwrite(tmp_path / "P_2_mask.tif", single)
+    manifest = pd.DataFrame({"patient": ["P", "P"], "slice": [1, 2], "has_tumour": [True, True],
+                             "tumour_area": [int((mask > 0).sum()), 100],
+                             "mask_path": [str(tmp_path / "P_1_mask.tif"), str(tmp_path / "P_2_mask.tif")]})
+    (label, picked), *_ = pick_slices(manifest)
+    assert label.endswith("#1")  # the slice with two parts first
+    border = weight_map(picked, w0=10.0, sigma=5.0, class_weights=(1.0, 3.0))[100:140, 121:125]
+    assert border.max() > 3.0 + 0.5  # between the parts the separation term lifts w above every class weight
+    path = weightmap_figure(manifest, tmp_path / "wm.png", w0=10.0, sigma_256=5.0, weights=(1.0, 3.0))
+    assert path.read_bytes()[:4] == b"\x89PNG"

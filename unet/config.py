@@ -149,6 +149,7 @@ class WeightmapConfig(_Section):
     task_runner: Literal["threads", "processes", "dask"] = "threads"
     workers: PositiveInt = 2
     out_dir: Path = Path("data/weightmaps")
+    figure: Path = Path("reports/weightmaps.png")  # the border term between touching parts, at 256 px
 
     @property
     def summary_path(self) -> Path:
