@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
-
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import augment as augment_tasks
 from tasks.common import task_runner
 from unet.augment.stage import describe
@@ -14,7 +12,7 @@ from unet.config import PipelineConfig
 from unet.device import share_threads
 
 
-@flow(name="augment", log_prints=True)
+@stage_flow("augment")
 def augment_flow(config: PipelineConfig) -> dict:
     summary = augment_tasks.all_patients(config)
     print(describe(summary, config.prepare.image_size))

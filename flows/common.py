@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -29,3 +30,25 @@ def stage_main(flow: Callable[[PipelineConfig], object], description: str, argv:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def stage_flow(name: str):
+    """``@flow`` for a stage: a ``UserError`` fails the run with its message said once (the run's log
+    and state), not with Prefect's traceback; calling the flow still raises it. A bug still raises
+    through Prefect with its traceback."""
+    from prefect import flow, get_run_logger
+    from prefect.states import Failed
+
+    def decorate(fn: Callable):
+        @functools.wraps(fn)
+        def body(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except UserError as exc:
+                get_run_logger().error("%s", exc)
+                return Failed(message=str(exc), data=exc)
+
+        return flow(name=name, log_prints=True)(body)
+
+    return decorate
+

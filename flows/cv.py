@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
 
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import cv as cv_tasks
 from unet.config import PipelineConfig
 from unet.cv import stage
 
 
-@flow(name="cv", log_prints=True)
+@stage_flow("cv")
 def cv_flow(config: PipelineConfig) -> dict:
     metrics = stage.cross_validate(config, fold_runner=cv_tasks.run_fold)
     if config.cv.folds:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prefect import flow
 
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import download as download_tasks
 from unet.config import PipelineConfig
 
 
-@flow(name="download", log_prints=True)
+@stage_flow("download")
 def download_flow(config: PipelineConfig) -> Path:
     """Fetch or generate the raw tree as ``data.source`` says; returns the kaggle_3m folder."""
     return download_tasks.fetch(config.data)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
 
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import evaluate as evaluate_tasks
 from tasks.reports import evaluate_report, publish
 from tasks.tracking import train_record
@@ -14,7 +13,7 @@ from unet.config import PipelineConfig
 from unet.evaluate import stage
 
 
-@flow(name="evaluate", log_prints=True)
+@stage_flow("evaluate")
 def evaluate_flow(config: PipelineConfig) -> dict:
     ev = config.evaluate
     record = train_record(config)  # the train stage's MLflow run and model: the scores go there too

@@ -5,14 +5,13 @@ from __future__ import annotations
 import sys
 
 import pandas as pd
-from prefect import flow
 
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import prepare as prepare_tasks
 from unet.config import PipelineConfig
 
 
-@flow(name="prepare", log_prints=True)
+@stage_flow("prepare")
 def prepare_flow(config: PipelineConfig) -> pd.DataFrame:
     manifest = prepare_tasks.prepare_dataset(config)
     prepare_tasks.publish_report(manifest)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
 
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import radiogenomics as radiogenomics_tasks
 from unet.config import PipelineConfig
 from unet.radiogenomics import stage
 
 
-@flow(name="radiogenomics", log_prints=True)
+@stage_flow("radiogenomics")
 def radiogenomics_flow(config: PipelineConfig) -> dict:
     result = stage.run(config)
     radiogenomics_tasks.log_study(config, result)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from prefect import flow
 
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import register as register_tasks
 from unet.config import PipelineConfig
 
 
-@flow(name="register", log_prints=True)
+@stage_flow("register")
 def register_flow(config: PipelineConfig) -> dict[str, Any]:
     result = register_tasks.register(config)
     print(f"{result['model_name']} version {result['version']} ({result['score_metric']} {result['score']:.4f}): "

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
 
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import train as train_tasks
 from unet.config import PipelineConfig
 from unet.train import distributed, stage
 
 
-@flow(name="train", log_prints=True)
+@stage_flow("train")
 def train_flow(config: PipelineConfig) -> dict:
     """The training inside one MLflow run: params, tags, dataset, per-epoch metrics, then the model."""
     state = stage.resume_state(config)  # a bad checkpoint stops here, before any MLflow run is touched

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
-
-from flows.common import stage_main
+from flows.common import stage_flow, stage_main
 from tasks import weightmaps as weightmap_tasks
 from tasks.common import task_runner
 from unet.config import PipelineConfig
 from unet.weightmaps.stage import describe
 
 
-@flow(name="weightmaps", log_prints=True)
+@stage_flow("weightmaps")
 def weightmaps_flow(config: PipelineConfig) -> dict:
     summary = weightmap_tasks.all_patients(config)
     print(describe(summary))

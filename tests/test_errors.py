@@ -84,3 +84,23 @@ def test_lgg_predict_lets_a_bug_keep_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "predict", fail)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         cli.main(["--model", "m.pt", "--input", "x", "--output", str(tmp_path / "out")])
+
+
+@pytest.mark.integration
+def test_a_stage_run_says_a_user_mistake_without_a_traceback(tmp_path):
+    """Inside a Prefect flow too: the engine would log the traceback of any exception it sees."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    params = tmp_path / "params.yaml"
+    params.write_text(f"prepare:\n  out_dir: {tmp_path / 'nothing'}\n")
+    result = subprocess.run([sys.executable, "-m", "flows.weightmaps", "--params", str(params)], cwd=repo,
+                            env={**os.environ, "PREFECT_LOGGING_LEVEL": "INFO"}, capture_output=True, text=True,
+                            timeout=180)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "run the prepare stage first" in output
+    assert "Traceback" not in output and output.count("error: ") == 1
+
