@@ -12,11 +12,14 @@ champion with
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 
+from tasks import export as export_tasks
 from tasks.common import stage_task
 from tasks.reports import publish, registry_report
 from tasks.tracking import run_link, train_record
@@ -78,9 +81,23 @@ def register(config: PipelineConfig) -> dict[str, Any]:
     version = register_version(name, record["run_id"], record["model_uri"], score_metric, score)
     result = {"model_name": name, "version": int(version), "run_id": record["run_id"], "score_metric": score_metric,
               "score": score, **move_aliases(name, version, score)}
+    if config.registry.export:
+        result["export"] = export_and_describe(config, record, version)
     with atomic_file(config.registry.record_path, "w") as handle:
         json.dump(result, handle, indent=2)
     return result
+
+
+@stage_task(name="export-and-describe")
+def export_and_describe(config: PipelineConfig, record: dict[str, Any], version: str) -> dict[str, Any]:
+    """ONNX, TorchScript, their check on real slices and the model card beside the model in its run;
+    the card is the registered version's description."""
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = export_tasks.log_exports(record["run_id"], config.train.best_path,
+                                            export_tasks.prepared_slices(config), Path(scratch),
+                                            model_id=record.get("model_id"), **export_tasks.card_inputs(config))
+    export_tasks.describe_version(config.registry.model_name, version, exported["card"])
+    return {k: v for k, v in exported["check"].items() if not isinstance(v, (dict, list))}
 
 
 def publish_report(result: dict[str, Any]) -> None:

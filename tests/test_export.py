@@ -178,3 +178,18 @@ def test_lgg_export_command(reference, tmp_path, capsys):
     assert json.loads((out / "export_check.json").read_text())["passed"] is True
     assert "mask agreement" in capsys.readouterr().out
     assert main(["--model", str(tmp_path / "none.pt"), "--output", str(out)]) == 2
+
+
+def test_check_on_preprocessed_slices_matches_the_check_on_raw_ones(reference):
+    """The prepare stage's layout (S, H, W, 3) and the network's (S, 3, H, W) give the raw slices' figures."""
+    from unet.export.check import check_prepared
+    from unet.predict.segmenter import Segmenter
+
+    raw = phantom()
+    network, _ = Segmenter.from_checkpoint(reference["checkpoint"]).prepare(raw)
+    on_raw = check_export(reference["checkpoint"], reference["onnx"], reference["ts"], raw)
+    for slices in (network, network.transpose(0, 2, 3, 1)):
+        check = check_prepared(reference["checkpoint"], reference["onnx"], reference["ts"], slices)
+        assert check == on_raw
+    with pytest.raises(InputError, match=r"expected preprocessed slices"):
+        check_prepared(reference["checkpoint"], reference["onnx"], None, network[:, :2])

@@ -198,6 +198,11 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     assert (first["version"], first["decision"], first["aliases"]) == (1, "first", ["challenger", "champion"])
     assert first["score_metric"] == "val_dsc_mean"
     score = first["score"]
+    version = client().get_model_version(MODEL, "1")
+    assert "Intended use" in version.description  # the model card is the version's description
+    exported = {a.path for a in client().list_artifacts(first["run_id"], "export")}
+    assert {"export/model.onnx", "export/model.torchscript.pt", "export/MODEL_CARD.md"} <= exported
+    assert first["export"]["passed"] and client().get_run(first["run_id"]).data.metrics["export_mask_agreement"] > 0.99
     tags = client().get_model_version(MODEL, "1").tags  # the figure decided on, under its own name
     assert float(tags["val_dsc_mean"]) == score and tags["score_metric"] == "val_dsc_mean"
     assert "val_dsc" not in tags  # that name is the per-epoch curve at the network's grid

@@ -346,6 +346,7 @@ class RegistryConfig(_Section):
     """The register stage: the train run's model into the MLflow registry, champion if it scores better."""
 
     model_name: str = Field("lgg-unet", min_length=1)
+    export: bool = True  # ONNX + TorchScript (checked on real slices) and the model card beside each version
     out_dir: Path = Path("metrics")  # registry.json: version, aliases, decision, scores
 
     @property

@@ -192,6 +192,22 @@ def write_derivative(root: str | Path, subject: str, mask: np.ndarray, affine: n
     ``generated_by`` is the GeneratedBy entry (default: ``default_generated_by()``).
     """
     root = Path(root)
+    entities, sources = _mask_entities(subject, source_entities, sources)
+    mask, affine = _checked_mask(mask), _checked_affine(affine)
+    folder = _anat_folder(root, entities)
+    mask_path = folder / derivative_name(entities)
+    sidecar_path = folder / derivative_name(entities, extension=".json")
+    entry = dict(generated_by) if generated_by is not None else default_generated_by()
+    description_path = write_dataset_description(root, entry, name=dataset_name)
+    _write_mask(mask_path, mask, affine, header)
+    _write_json(sidecar_path, _sidecar(sources, model, threshold, extra))
+    return DerivativeFiles(mask_path, sidecar_path, description_path)
+
+
+def _mask_entities(subject: str, source_entities: Mapping[str, str] | str | Path | None,
+                   sources: Sequence[str] | None) -> tuple[dict[str, str], Sequence[str] | None]:
+    """The mask's entities (``sub`` first, the source's ``desc`` dropped) and its Sources: the source
+    file name by default, when ``source_entities`` is one."""
     label = subject_label(subject)
     if isinstance(source_entities, (str, Path)):
         source_name = Path(source_entities).name
@@ -204,20 +220,31 @@ def write_derivative(root: str | Path, subject: str, mask: np.ndarray, affine: n
         raise InputError(f"source entities name subject {given!r} but the subject is {subject!r} ({label}); "
                          "give the source image of this subject")
     entities.pop("desc", None)
-    entities = {"sub": label, **entities}
+    return {"sub": label, **entities}, sources
+
+
+def _anat_folder(root: Path, entities: Mapping[str, str]) -> Path:
+    """``<root>/sub-<label>/[ses-<label>/]anat``: the session level only when the name has a session."""
+    session = f"ses-{bids_label(entities['ses'])}" if "ses" in entities else ""
+    return root / f"sub-{entities['sub']}" / session / "anat"
+
+
+def _checked_mask(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 3 or not np.isin(mask, (0, 1)).all():
         raise InputError(f"expected a (slices, height, width) 0/1 mask, got {mask.dtype} {mask.shape}")
+    return mask
+
+
+def _checked_affine(affine: np.ndarray) -> np.ndarray:
     affine = np.asarray(affine, np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"expected the source image's 4x4 voxel-to-world affine, got {affine.tolist()}")
+    return affine
 
-    folder = root / f"sub-{label}" / (f"ses-{bids_label(entities['ses'])}" if "ses" in entities else "") / "anat"
-    mask_path = folder / derivative_name(entities)
-    sidecar_path = folder / derivative_name(entities, extension=".json")
-    entry = dict(generated_by) if generated_by is not None else default_generated_by()
-    description_path = write_dataset_description(root, entry, name=dataset_name)
 
+def _write_mask(path: Path, mask: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None) -> None:
+    """The (S, H, W) mask as uint8 NIfTI (H, W, S) on ``affine``, xform codes from ``header`` (else scanner)."""
     image = nib.Nifti1Image(np.ascontiguousarray(stack_to_nifti(mask.astype(np.uint8))), affine)
     codes = (int(header["qform_code"]), int(header["sform_code"])) if header is not None else (0, 0)
     image.header.set_qform(affine, code=codes[0] or SCANNER)
@@ -225,10 +252,13 @@ def write_derivative(root: str | Path, subject: str, mask: np.ndarray, affine: n
     image.header.set_xyzt_units("mm")
     image.header["descrip"] = f"{PIPELINE} {DESCRIPTION} mask"[:79]
     image.header["cal_min"], image.header["cal_max"] = 0.0, 1.0
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_file(mask_path) as handle:
-        handle.write(image.to_bytes() if not mask_path.name.endswith(".gz") else _gzip(image.to_bytes()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as handle:
+        handle.write(image.to_bytes() if not path.name.endswith(".gz") else _gzip(image.to_bytes()))
 
+
+def _sidecar(sources: Sequence[str] | None, model: Mapping[str, Any] | None, threshold: float | None,
+             extra: Mapping[str, Any] | None) -> dict[str, Any]:
     sidecar: dict[str, Any] = {"Description": "Lower-grade-glioma FLAIR abnormality predicted by a U-Net "
                                               "(research use only, not a medical device)",
                                "Type": "Lesion", "Sources": list(sources or [])}
@@ -237,8 +267,7 @@ def write_derivative(root: str | Path, subject: str, mask: np.ndarray, affine: n
     if threshold is not None:
         sidecar["Threshold"] = float(threshold)
     sidecar.update(extra or {})
-    _write_json(sidecar_path, sidecar)
-    return DerivativeFiles(mask_path, sidecar_path, description_path)
+    return sidecar
 
 
 def _gzip(data: bytes) -> bytes:

@@ -279,6 +279,25 @@ def series_volume(series: Series) -> Volume:
         raise InputError(f"{series.label} holds no images ({series.non_image} non-image DICOM objects, e.g. "
                          "reports or presentation states); name an image series")
     where = series.files[0].parent
+    rows, cols = _image_size(series, where)
+    row_dir, col_dir, spacing, positions = _slice_geometry(series, where)
+    normal = np.cross(row_dir, col_dir)
+    depth = positions @ normal
+    order = np.argsort(depth, kind="stable")
+    positions, depth = positions[order], depth[order]
+    files = [series.files[k] for k in order]
+    datasets = [series.datasets[k] for k in order]
+    step = _slice_step(series, where, files, datasets, positions, depth, normal)
+    lps = np.eye(4)
+    lps[:3, 0] = col_dir * spacing[0]  # voxel index i: down the rows
+    lps[:3, 1] = row_dir * spacing[1]  # voxel index j: along a row
+    lps[:3, 2] = step
+    lps[:3, 3] = positions[0]
+    return Volume(series, files, datasets, LPS_TO_RAS @ lps, (rows, cols, len(files)))
+
+
+def _image_size(series: Series, where: Path) -> tuple[int, int]:
+    """The series' one (Rows, Columns); InputError for multi-frame, colour or mixed-size images."""
     sizes: dict[tuple[int, int], list[Path]] = {}
     for path, ds in zip(series.files, series.datasets):
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -295,10 +314,16 @@ def series_volume(series: Series) -> Volume:
         listed = ", ".join(f"{r}x{c} ({len(p)} files, e.g. {p[0].name})" for (r, c), p in sizes.items())
         raise InputError(f"{where}: {series.label} mixes image sizes: {listed}; a volume needs one size. Name "
                          "another series, or split the series (several acquisitions share one SeriesInstanceUID)")
-    orientation = [_floats(ds, "ImageOrientationPatient", 6, p, series) for p, ds in zip(series.files, series.datasets)]
-    spacing = [_floats(ds, "PixelSpacing", 2, p, series) for p, ds in zip(series.files, series.datasets)]
-    positions = np.array([_floats(ds, "ImagePositionPatient", 3, p, series)
-                          for p, ds in zip(series.files, series.datasets)])
+    return next(iter(sizes))
+
+
+def _slice_geometry(series: Series, where: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column directions, pixel spacing (the series' one) and every file's ImagePositionPatient,
+    in file order; InputError when slices disagree on orientation or spacing, or it is not orthonormal."""
+    pairs = list(zip(series.files, series.datasets))
+    orientation = [_floats(ds, "ImageOrientationPatient", 6, p, series) for p, ds in pairs]
+    spacing = [_floats(ds, "PixelSpacing", 2, p, series) for p, ds in pairs]
+    positions = np.array([_floats(ds, "ImagePositionPatient", 3, p, series) for p, ds in pairs])
     for path, iop, ps in zip(series.files, orientation, spacing):
         if not np.allclose(iop, orientation[0], atol=DIRECTION_TOL):
             raise InputError(f"{where}: {series.label} mixes slice orientations ({path.name}: {iop.round(4).tolist()}, "
@@ -312,39 +337,34 @@ def series_volume(series: Series) -> Volume:
     if abs(np.linalg.norm(normal) - 1) > 1e-3 or abs(row_dir @ col_dir) > 1e-3:
         raise InputError(f"{where}: {series.label} has an ImageOrientationPatient whose directions are not "
                          f"orthonormal ({orientation[0].tolist()}); the files are damaged: export them again")
-    depth = positions @ normal
-    order = np.argsort(depth, kind="stable")
-    positions, depth = positions[order], depth[order]
-    files = [series.files[k] for k in order]
-    datasets = [series.datasets[k] for k in order]
+    return row_dir, col_dir, spacing[0], positions
+
+
+def _slice_step(series: Series, where: Path, files: list[Path], datasets: list[Any], positions: np.ndarray,
+                depth: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """The step from one slice position to the next (slices sorted along ``normal``); InputError for
+    two slices at one position or uneven, non-collinear positions. One slice: its thickness along the normal."""
     n = len(files)
+    if n == 1:
+        thickness = float(datasets[0].get("SpacingBetweenSlices") or datasets[0].get("SliceThickness") or 1.0)
+        return normal * thickness
     gaps = np.diff(depth)
-    if n > 1 and gaps.min() < POSITION_TOL_MM:
+    if gaps.min() < POSITION_TOL_MM:
         k = int(np.argmin(gaps))
         raise InputError(f"{where}: {series.label} has two slices at one position ({files[k].name} and "
                          f"{files[k + 1].name}, {depth[k]:.2f} mm along the normal): it holds several echoes, "
                          "time points or repeats; split it into one series per volume, or name another series")
-    if n > 1:
-        step = (positions[-1] - positions[0]) / (n - 1)
-        expected = positions[0] + np.arange(n)[:, None] * step
-        off = np.linalg.norm(positions - expected, axis=1)
-        if off.max() > POSITION_TOL_MM + 0.01 * np.linalg.norm(step):
-            k = int(np.argmax(np.abs(gaps - gaps.mean())))
-            raise InputError(
-                f"{where}: {series.label} has inconsistent slice spacing: gaps of {gaps.min():.2f} to "
-                f"{gaps.max():.2f} mm along the normal (e.g. {gaps[k]:.2f} mm between {files[k].name} and "
-                f"{files[k + 1].name}); a slice is missing or the slices do not lie on one line. "
-                "Copy the whole series again, or name another series")
-    else:
-        thickness = float(datasets[0].get("SpacingBetweenSlices") or datasets[0].get("SliceThickness") or 1.0)
-        step = normal * thickness
-    lps = np.eye(4)
-    lps[:3, 0] = col_dir * spacing[0][0]  # voxel index i: down the rows
-    lps[:3, 1] = row_dir * spacing[0][1]  # voxel index j: along a row
-    lps[:3, 2] = step
-    lps[:3, 3] = positions[0]
-    rows, cols = next(iter(sizes))
-    return Volume(series, files, datasets, LPS_TO_RAS @ lps, (rows, cols, n))
+    step = (positions[-1] - positions[0]) / (n - 1)
+    expected = positions[0] + np.arange(n)[:, None] * step
+    off = np.linalg.norm(positions - expected, axis=1)
+    if off.max() > POSITION_TOL_MM + 0.01 * np.linalg.norm(step):
+        k = int(np.argmax(np.abs(gaps - gaps.mean())))
+        raise InputError(
+            f"{where}: {series.label} has inconsistent slice spacing: gaps of {gaps.min():.2f} to "
+            f"{gaps.max():.2f} mm along the normal (e.g. {gaps[k]:.2f} mm between {files[k].name} and "
+            f"{files[k + 1].name}); a slice is missing or the slices do not lie on one line. "
+            "Copy the whole series again, or name another series")
+    return step
 
 
 def grid_difference(volume: Volume, reference: Volume) -> str | None:
@@ -461,75 +481,96 @@ def read_dicom_folder(folder: Path, *, flair: str | int | None = None, pre: str 
     """One study's DICOM files as a Scan: (S, H, W, 3) uint8 pre/FLAIR/post on FLAIR's grid (module doc)."""
     folder = Path(folder)
     series = list_series(folder)
-    images = [s for s in series if s.datasets]
-    if not images:
+    if not any(s.datasets for s in series):
         what = (f"{len(series)} series without images ({sum(s.non_image for s in series)} non-image DICOM "
                 "objects)") if series else "no DICOM files with the DICM preamble"
         raise InputError(f"{folder}: {what}; give the folder of the study's MR image files")
-    options = {"flair": "--flair-series", "pre": "--pre-series", "post": "--post-series"}
-    warnings: list[str] = []
-
-    # FLAIR
-    if flair is not None and str(flair).strip().lower() == NONE:
-        raise InputError(f"{folder}: --flair-series none: the network needs FLAIR; name the FLAIR series")
-    if flair is not None:
-        flair_series = _named(folder, series, flair, options["flair"])
-        flair_volume = series_volume(flair_series)
-    else:
-        candidates = _prefer([s for s in images if s.role == "flair"], lambda s: not s.derived)
-        if not candidates:
-            raise InputError(f"{folder}: no FLAIR series found (none has FLAIR or dark fluid in its "
-                             f"SeriesDescription or ProtocolName); name it with --flair-series NUMBER:\n"
-                             + _table(series))
-        volumes = _prefer(_volumes(candidates, "FLAIR", warnings), lambda v: v.normal_cosine > AXIAL_MIN_COSINE)
-        if len(volumes) > 1:
-            raise InputError(f"{folder}: {len(volumes)} series could be FLAIR; name one with "
-                             "--flair-series NUMBER:\n" + _table([v.series for v in volumes]))
-        flair_volume, flair_series = volumes[0], volumes[0].series
-    if flair_volume.normal_cosine < AXIAL_MIN_COSINE:
-        warnings.append(f"{flair_series.label} is not axial: the network was trained on axial slices, so its "
-                        "result on sagittal or coronal slices is unreliable")
-
-    # pre- and post-contrast
+    picker = _Picker(folder, series, resample)
+    flair_volume = picker.flair(flair)
     chosen: dict[str, Volume | None] = {"flair": flair_volume}
-    for role in ("pre", "post"):
-        given = {"pre": pre, "post": post}[role]
-        if given is not None and str(given).strip().lower() == NONE:
-            chosen[role] = None
-            warnings.append(f"{options[role]} none: FLAIR ({flair_series.label}) stands in for the "
-                            f"{role}-contrast sequence")
-            continue
+    for role, given in (("pre", pre), ("post", post)):
+        chosen[role] = picker.contrast(role, given, flair_volume)
+    _check_one_patient(folder, [v.series for v in chosen.values() if v is not None])
+    for message in picker.warnings:
+        log.warning("%s: %s", folder, message)
+    return _build_scan(folder, chosen, flair_volume, picker.warnings)
+
+
+_OPTIONS = {"flair": "--flair-series", "pre": "--pre-series", "post": "--post-series"}
+
+
+def _is_none(given: str | int | None) -> bool:
+    return given is not None and str(given).strip().lower() == NONE
+
+
+@dataclass
+class _Picker:
+    """Picks one folder's series for each role (named or found, module doc), collecting the warnings."""
+
+    folder: Path
+    series: list[Series]
+    resample: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[Series]:
+        return [s for s in self.series if s.datasets]
+
+    def flair(self, given: str | int | None) -> Volume:
+        """FLAIR's volume: the series named, else the one FLAIR series (original, then axial, preferred)."""
+        if _is_none(given):
+            raise InputError(f"{self.folder}: --flair-series none: the network needs FLAIR; name the FLAIR series")
         if given is not None:
-            volume = series_volume(_named(folder, series, given, options[role]))
-            chosen[role] = _on_grid(folder, volume, flair_volume, role, resample, options[role], warnings)
-            continue
-        candidates = [s for s in images if s.role == role and s is not flair_series
-                      and (not flair_series.study_uid or s.study_uid == flair_series.study_uid)]
+            volume = series_volume(_named(self.folder, self.series, given, _OPTIONS["flair"]))
+        else:
+            candidates = _prefer([s for s in self.images if s.role == "flair"], lambda s: not s.derived)
+            if not candidates:
+                raise InputError(f"{self.folder}: no FLAIR series found (none has FLAIR or dark fluid in its "
+                                 f"SeriesDescription or ProtocolName); name it with --flair-series NUMBER:\n"
+                                 + _table(self.series))
+            volumes = _prefer(_volumes(candidates, "FLAIR", self.warnings),
+                              lambda v: v.normal_cosine > AXIAL_MIN_COSINE)
+            if len(volumes) > 1:
+                raise InputError(f"{self.folder}: {len(volumes)} series could be FLAIR; name one with "
+                                 "--flair-series NUMBER:\n" + _table([v.series for v in volumes]))
+            volume = volumes[0]
+        if volume.normal_cosine < AXIAL_MIN_COSINE:
+            self.warnings.append(f"{volume.series.label} is not axial: the network was trained on axial slices, so "
+                                 "its result on sagittal or coronal slices is unreliable")
+        return volume
+
+    def contrast(self, role: str, given: str | int | None, flair: Volume) -> Volume | None:
+        """The ``role`` ("pre" or "post") volume on FLAIR's grid: named, left out ("none"), else found in
+        FLAIR's study; None when FLAIR stands in for it."""
+        option = _OPTIONS[role]
+        if _is_none(given):
+            self.warnings.append(f"{option} none: FLAIR ({flair.series.label}) stands in for the {role}-contrast "
+                                 "sequence")
+            return None
+        if given is not None:
+            volume = series_volume(_named(self.folder, self.series, given, option))
+            return _on_grid(self.folder, volume, flair, role, self.resample, option, self.warnings)
+        candidates = [s for s in self.images if s.role == role and s is not flair.series
+                      and (not flair.series.study_uid or s.study_uid == flair.series.study_uid)]
         if not candidates:
-            chosen[role] = None
-            warnings.append(f"no {role}-contrast series found: FLAIR ({flair_series.label}) stands in for it, as "
-                            f"in the Kaggle set; name one with {options[role]} if the study has it")
-            continue
-        candidates = _prefer(candidates, lambda s: not s.derived)
-        volumes = _volumes(candidates, f"{role}-contrast", warnings)
-        fitting = [v for v in volumes if grid_difference(v, flair_volume) is None]
+            self.warnings.append(f"no {role}-contrast series found: FLAIR ({flair.series.label}) stands in for it, "
+                                 f"as in the Kaggle set; name one with {option} if the study has it")
+            return None
+        volumes = _volumes(_prefer(candidates, lambda s: not s.derived), f"{role}-contrast", self.warnings)
+        fitting = [v for v in volumes if grid_difference(v, flair) is None]
         if len(fitting) == 1 or (not fitting and len(volumes) == 1):
-            pick = (fitting or volumes)[0]
-            chosen[role] = _on_grid(folder, pick, flair_volume, role, resample, options[role], warnings)
-            continue
+            return _on_grid(self.folder, (fitting or volumes)[0], flair, role, self.resample, option, self.warnings)
         listed = fitting or volumes
-        raise InputError(f"{folder}: {len(listed)} series could be {role}-contrast"
-                         f"{' on FLAIR grid' if fitting else ''}; name one with {options[role]} NUMBER:\n"
+        raise InputError(f"{self.folder}: {len(listed)} series could be {role}-contrast"
+                         f"{' on FLAIR grid' if fitting else ''}; name one with {option} NUMBER:\n"
                          + _table([v.series for v in listed]))
 
-    used = [v.series for v in chosen.values() if v is not None]
+
+def _check_one_patient(folder: Path, used: list[Series]) -> None:
     patients = {s.patient_id for s in used if s.patient_id}
     if len(patients) > 1:
         raise InputError(f"{folder}: the series picked belong to different patients ({', '.join(sorted(patients))}): "
                          + "; ".join(s.label for s in used) + "; name the right series, or keep one patient a folder")
-    for message in warnings:
-        log.warning("%s: %s", folder, message)
-    return _build_scan(folder, chosen, flair_volume, warnings)
 
 
 def _on_grid(folder: Path, volume: Volume, flair: Volume, role: str, resample: bool, option: str,
