@@ -159,7 +159,7 @@ def test_train_and_evaluate_log_into_one_run(tracked):
     assert (root / "mlartifacts/lgg-test").is_dir()  # artifacts beside the store, not in the CWD
 
 
-def test_a_resumed_training_goes_on_in_its_own_run(tracked, tmp_path):
+def test_a_killed_training_resumed_goes_on_in_its_own_run(tracked, tmp_path):
     from flows import train
 
     root, _ = tracked
@@ -167,6 +167,7 @@ def test_a_resumed_training_goes_on_in_its_own_run(tracked, tmp_path):
     params["train"].update(epochs=1, out_dir=str(tmp_path / "models"), metrics_dir=str(tmp_path / "metrics"))
     train.run(parse_config(params))
     first = json.loads((tmp_path / "metrics/mlflow_run.json").read_text())["run_id"]
+    client().update_run(first, status="RUNNING")  # as a SIGKILL leaves it: the run never finished
     params["train"].update(epochs=2, resume=True)
     train.run(parse_config(params))
     record = json.loads((tmp_path / "metrics/mlflow_run.json").read_text())
