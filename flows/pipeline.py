@@ -17,6 +17,7 @@ from typing import Literal
 from prefect import flow
 
 from tasks import experiment
+from tasks.overrides import validate_overrides
 from unet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def workspace_flow(overrides: dict[str, str], targets: list[str], mode: str, exp
 def main(argv: list[str] | None = None) -> int:
     args = experiment.parse_cli(argv, __doc__)
     try:
-        experiment.validate_overrides(REPO / "params.yaml", args["overrides"])  # before a Prefect run starts
+        validate_overrides(REPO / "params.yaml", args["overrides"])  # before a Prefect run starts
         workspace_flow(**args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

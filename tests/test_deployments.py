@@ -26,6 +26,7 @@ import yaml
 
 from flows import pipeline
 from tasks import experiment
+from tasks import overrides as checks
 from flows.deploy import DEPLOYMENTS, deployments
 from tasks.reports import prepare_report, publish, table
 from unet.config import ConfigError
@@ -54,7 +55,7 @@ PARAMS = REPO / "params.yaml"
 ])
 def test_a_bad_override_names_key_value_and_fix(overrides, message):
     with pytest.raises(ConfigError, match="with the run's overrides") as error:
-        experiment.validate_overrides(PARAMS, overrides)
+        checks.validate_overrides(PARAMS, overrides)
     assert message in str(error.value)
 
 
@@ -65,7 +66,7 @@ def test_a_bad_override_names_key_value_and_fix(overrides, message):
     ({"train.scheduler": "cosine"}, ("train", "scheduler"), "cosine"),
 ])
 def test_good_overrides_reach_the_typed_config(overrides, key, expected):
-    config = experiment.validate_overrides(PARAMS, overrides)
+    config = checks.validate_overrides(PARAMS, overrides)
     value = getattr(getattr(config, key[0]), key[1])
     assert (value.scale if key[1] == "augment" else value) == pytest.approx(expected)
 
@@ -77,12 +78,12 @@ def test_good_overrides_reach_the_typed_config(overrides, key, expected):
     ({"epochs": 3}, {"train.epochs": "3"}, {"train.epochs": "3"}),
 ])
 def test_typed_parameters_become_params_keys(typed, overrides, expected):
-    assert experiment.collect_overrides(typed, overrides) == expected
+    assert checks.collect_overrides(typed, overrides) == expected
 
 
 def test_a_typed_parameter_and_an_override_that_disagree_are_refused():
     with pytest.raises(ConfigError, match="epochs=3 and overrides train.epochs=4 disagree"):
-        experiment.collect_overrides({"epochs": 3}, {"train.epochs": "4"})
+        checks.collect_overrides({"epochs": 3}, {"train.epochs": "4"})
 
 
 @pytest.mark.parametrize("mode, overrides, targets, name, force, expected", [
@@ -407,7 +408,7 @@ def test_the_served_deployment_refuses_a_parameter_it_does_not_know(repo, runner
 
 def test_every_bad_value_is_reported_at_once_with_a_suggestion():
     with pytest.raises(ConfigError) as error:
-        experiment.validate_overrides(PARAMS, {"train.epoch": "3", "train.epochs": "0", "trian.lr": "1"})
+        checks.validate_overrides(PARAMS, {"train.epoch": "3", "train.epochs": "0", "trian.lr": "1"})
     message = str(error.value)
     assert "3 invalid" in message and "train.epochs: 0" in message
     assert "did you mean 'epochs'?" in message and "did you mean 'train'?" in message
