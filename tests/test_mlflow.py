@@ -349,3 +349,28 @@ def test_a_model_pickled_before_the_pyfunc_became_code_still_loads(tracked, pati
     assert b"tasks.mlflow_model" in (local / "python_model.pkl").read_bytes()
     slices, expected = patient
     np.testing.assert_array_equal(mlflow.pyfunc.load_model(info.model_uri).predict(slices), expected)
+
+
+def test_the_bounded_server_takes_npy_and_json_and_refuses_what_it_must(tracked, patient):
+    import io
+
+    import mlflow
+    from starlette.testclient import TestClient
+
+    from tasks.serving import NPY, create_app
+
+    slices, expected = patient
+    client_ = TestClient(create_app(mlflow.pyfunc.load_model(f"models:/{MODEL}@champion"), max_bytes=1_000_000))
+    body = io.BytesIO()
+    np.save(body, slices)
+    answer = client_.post("/invocations", content=body.getvalue(), headers={"Content-Type": NPY, "Accept": NPY})
+    assert answer.status_code == 200
+    np.testing.assert_array_equal(np.load(io.BytesIO(answer.content)), expected)
+    as_json = client_.post("/invocations", json={"inputs": slices.tolist()})
+    np.testing.assert_array_equal(np.asarray(as_json.json()["predictions"], np.uint8), expected)
+    assert len(body.getvalue()) < len(json.dumps({"inputs": slices.tolist()})) / 3  # the compact way
+    normalised = client_.post("/invocations", json={"inputs": (slices / 255.0).tolist()})
+    assert normalised.status_code == 400 and "0..255" in normalised.json()["message"]
+    too_big = client_.post("/invocations", content=b"0" * 1_000_001, headers={"Content-Type": NPY})
+    assert too_big.status_code == 413 and "at most 1,000,000" in too_big.json()["message"]
+    assert client_.post("/invocations", content=b"junk", headers={"Content-Type": NPY}).status_code == 400

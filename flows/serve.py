@@ -1,0 +1,33 @@
+"""Serve a registered model, bounded and compact: ``python -m flows.serve [--model URI] [--port 5001]``.
+
+    python -m flows.serve --model models:/lgg-unet@champion --port 5001 --max-mb 64
+    curl -X POST localhost:5001/invocations -H 'Content-Type: application/x-npy' --data-binary @slices.npy
+
+See ``tasks.serving`` (JSON as ``mlflow models serve`` takes it, or a .npy body; 413 past the bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models:/lgg-unet@champion", help="an MLflow model URI")
+    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--max-mb", type=float, default=64.0, help="the largest request body, in MB")
+    args = parser.parse_args(argv)
+    import mlflow
+    import uvicorn
+
+    from tasks.serving import create_app
+    from tasks.tracking import use_store
+    from unet.config import MlflowConfig
+
+    use_store(MlflowConfig())  # the repository's store unless MLFLOW_TRACKING_URI says otherwise
+    app = create_app(mlflow.pyfunc.load_model(args.model), max_bytes=int(args.max_mb * 1024 * 1024))
+    uvicorn.run(app, host="127.0.0.1", port=args.port)
+
+
+if __name__ == "__main__":
+    main()
