@@ -23,11 +23,21 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# One Prefect server for the whole run (a stage without PREFECT_API_URL starts its own, ~10 s each);
+# a server you already point PREFECT_API_URL at (make ui) is used instead.
 demo: $(STAMP)
-	@start=$$(date +%s); \
-	$(BIN)/dvc repro && \
-	PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) $(BIN)/python -m flows.summary && \
-	echo "pipeline finished in $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); server=; \
+	if [ -z "$$PREFECT_API_URL" ]; then \
+		port=$$($(BIN)/python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"); \
+		mkdir -p .prefect; \
+		$(SETSID) $(BIN)/python -m flows.server --port $$port > .prefect/demo-server.log 2>&1 < /dev/null & server=$$!; \
+		export PREFECT_API_URL=http://127.0.0.1:$$port/api; \
+		for i in $$(seq 240); do $(call ANSWERS,http://127.0.0.1:$$port/api/health) && break; sleep 0.5; done; \
+	fi; \
+	$(BIN)/dvc repro && PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) $(BIN)/python -m flows.summary; \
+	rc=$$?; \
+	if [ -n "$$server" ]; then kill -TERM -- -$$server 2>/dev/null || kill -TERM $$server; fi; \
+	echo "pipeline finished in $$(( $$(date +%s) - start )) s"; exit $$rc
 
 clean:
 	rm -rf data models mlruns mlartifacts mlflow.db dvc-storage

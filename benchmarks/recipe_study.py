@@ -2,6 +2,7 @@
 
     python benchmarks/recipe_study.py [--quick] [--recipes a,b,d,e] [--seeds 0 1 2] [--epochs 20]
                                       [--steps-per-epoch N] [--work DIR] [--json OUT.json]
+    python benchmarks/recipe_study.py --merge A.json B.json ...
 
 Without Prefect or MLflow, by calling the library's stage functions directly:
 
@@ -23,9 +24,16 @@ Without Prefect or MLflow, by calling the library's stage functions directly:
 It prints, per recipe, the test per-volume DSC mean (averaged over seeds) with its min..max and
 standard deviation over seeds, the swing of the validation DSC (mean absolute change from one
 epoch to the next, over all epochs and over the second half), and seconds a run; then a markdown
-table. ``--quick``: a 2-epoch smoke run with one seed. Everything runs on ONE CPU thread
-(``--threads``; OMP_NUM_THREADS is set before torch is imported) so that it takes one core of a
-shared machine; runs are one after the other.
+table. ``--quick``: a 2-epoch smoke run with one seed; ``--merge A.json B.json``: the table of
+runs saved by earlier ``--json`` invocations, nothing trained.
+
+Recipes (f) and (g) are probes, not ``train.*`` recipes: the study found the champion failing on
+a test patient whose missing pre-contrast sequence is filled with FLAIR, and these train (d) and
+(a) on data where the first elastic copy of every training patient misses a sequence
+(``missing_sequence_copies``, passed to ``train`` as ``load_data``).
+
+Everything runs on ONE CPU thread (``--threads``; OMP_NUM_THREADS is set before torch is
+imported) so that it takes one core of a shared machine; runs are one after the other.
 
 The demo recipe (a) is spelt out here as params.yaml held it when this study was written
 (Adam 1e-3, 8 epochs in the demo, batch 16, soft Dice only, no scheduler), not read from
@@ -118,8 +126,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
     # not a train.* recipe: a probe of what the study found (a patient missing a sequence, filled
     # with FLAIR as in the real set, is what the champion fails on); see missing_sequence_copies
     "f": ("d + missing sequences simulated (probe, not a params key)", {"scheduler": "cosine", "ce_weight": 1.0}),
+    "g": ("a + missing sequences simulated (probe, not a params key)", {}),
 }
-MISSING_SEQUENCE_RECIPES = {"f"}
+MISSING_SEQUENCE_RECIPES = {"f", "g"}
 
 
 # One 20-epoch run takes about 150 s on one core here (26 steps an epoch): 4 recipes x 3 seeds is
@@ -309,6 +318,17 @@ def table(by_recipe: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[Path]) -> None:
+    """The table of runs saved by several invocations (a later run of a recipe and seed replaces an earlier one)."""
+    runs: dict[tuple[str, int], dict] = {}
+    for path in paths:
+        for run in json.loads(path.read_text())["runs"]:
+            runs[(run["recipe"], run["seed"])] = run
+    order = [r for r in RECIPES if any(key[0] == r for key in runs)]
+    by_recipe = {r: summarise([runs[k] for k in sorted(runs) if k[0] == r]) for r in order}
+    log(table(by_recipe))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,7 +348,12 @@ def main() -> None:
                              "default: a temporary folder, removed at the end")
     parser.add_argument("--json", type=Path, default=None, help="write every run's figures here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, the first seed only")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="train nothing: print the table of the runs saved by earlier --json files")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge)
+        return
     if args.quick:
         args.epochs, args.seeds = 2, args.seeds[:1]
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
