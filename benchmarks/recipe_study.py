@@ -127,6 +127,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
     # with FLAIR as in the real set, is what the champion fails on); see missing_sequence_copies
     "f": ("d + missing sequences simulated (probe, not a params key)", {"scheduler": "cosine", "ce_weight": 1.0}),
     "g": ("a + missing sequences simulated (probe, not a params key)", {}),
+    # f as a params key: train.augment.missing_sequence_p, drawn a batch on the fly
+    "h": ("d + train.augment.missing_sequence_p 0.33", {"scheduler": "cosine", "ce_weight": 1.0, "augment": {
+        "scale": 0.05, "rotate_deg": 15.0, "flip_p": 0.5, "elastic_sigma": 0.0, "missing_sequence_p": 0.33}}),
 }
 MISSING_SEQUENCE_RECIPES = {"f", "g"}
 

@@ -349,3 +349,17 @@ def test_a_mask_that_is_not_binary_is_refused() -> None:
     image, mask, weight = scene()
     with pytest.raises(ValueError, match="mask must be binary"):
         augment_batch(image, mask * 255, weight)
+
+
+def test_a_missing_sequence_is_filled_with_flair_as_the_set_does():
+    from unet.transforms.batch import fill_missing_sequences
+
+    image = torch.arange(3.0).view(1, 3, 1, 1).expand(200, 3, 4, 4).clone()
+    out = fill_missing_sequences(image, 0.5, generator=torch.Generator().manual_seed(0))
+    changed = [(k, c) for k in range(200) for c in (0, 2) if out[k, c, 0, 0] == 1.0]
+    assert torch.equal(out[:, 1], image[:, 1])  # FLAIR itself never changes
+    assert 70 <= len(changed) <= 130  # about half the samples, one channel each
+    assert all(out[k, 2 - c, 0, 0] == 2 - c for k, c in changed)  # the other channel kept
+    assert fill_missing_sequences(image, 0.0) is image
+    with pytest.raises(ValueError, match="missing_sequence_p"):
+        fill_missing_sequences(image, 1.5)

@@ -190,6 +190,9 @@ class OnlineAugmentConfig(_Section):
     rotate_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 15.0
     flip_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     elastic_sigma: Annotated[float, Field(ge=0.0)] = 0.0  # px at 256 px; 0: only the precomputed copies
+    # share of samples whose pre- or post-contrast channel becomes FLAIR, as the set fills a missing
+    # sequence (benchmarks/README.md: the recipe study); 0: off, the reference's recipe
+    missing_sequence_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
 
 class TrainConfig(_Section):

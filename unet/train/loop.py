@@ -33,7 +33,7 @@ from unet.train.losses import CombinedLoss
 from unet.metrics import dice, postprocess
 from unet.units import scale_px
 from unet.predict.segmenter import predict_probabilities
-from unet.transforms.batch import AugmentParams, augment_batch
+from unet.transforms.batch import AugmentParams, augment_batch, fill_missing_sequences
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def train_one_epoch(
     channels_last: bool = False,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    missing_sequence_p: float = 0.0,
 ) -> dict[str, float]:
     """One epoch; returns the mean loss (and its terms), images/s and the learning rate."""
     model.train()
@@ -106,6 +107,7 @@ def train_one_epoch(
     for step, (image, mask, weight) in enumerate(bar, start=1):
         image, mask, weight = (t.to(device, non_blocking=True) for t in (image, mask, weight))
         image, mask, weight = augment_batch(image, mask, weight, **asdict(augment), generator=generator)
+        image = fill_missing_sequences(image, missing_sequence_p, generator=generator)
         if channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
@@ -217,6 +219,7 @@ def fit(
         metrics = train_one_epoch(
             model, batches, loss_fn, optimizer, device, epoch=epoch, augment=augment, amp=config.amp,
             grad_clip=config.grad_clip, channels_last=config.channels_last, generator=generator, progress=is_main,
+            missing_sequence_p=config.augment.missing_sequence_p,
         )
         metrics.update(validate(net, val_arrays, device, threshold=threshold, amp=config.amp))
         _step_scheduler(scheduler, metrics["val_dsc"])

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from unet.io.kaggle import FLAIR
 from unet.transforms.elastic import elastic_deform, random_displacement
 
 __all__ = [
@@ -306,3 +307,23 @@ def augment_batch(
             affine.to(image.device), height, width, None if displacement is None else displacement.to(image.device)
         )
         return _warp(image, mask, weight, field)
+
+
+def fill_missing_sequences(image: torch.Tensor, p: float, *, flair: int = FLAIR,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """With probability ``p`` a sample, its pre- or post-contrast channel (one at random) becomes its
+    FLAIR channel: what the Kaggle set does where a sequence was not acquired. The prepared images
+    are z-scored a channel over the volume, so a copied FLAIR channel is exactly what such a patient's
+    preprocessing gives. (B, 3, H, W) in and out; ``p`` 0 returns ``image`` itself."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"missing_sequence_p must be a probability in [0, 1], got {p!r}")
+    if p == 0.0:
+        return image
+    batch = image.shape[0]
+    hit = (torch.rand(batch, generator=generator) < p).nonzero().flatten()
+    channel = torch.where(torch.rand(batch, generator=generator) < 0.5, 0, 2)[hit]
+    out = image.clone()
+    rows, channel = hit.to(image.device), channel.to(image.device)
+    out[rows, channel] = image[rows, flair]
+    return out
+
