@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from unet.io.kaggle import read_image, read_mask
-from unet.io.layout import json_safe  # noqa: F401 (kept importable from here)
 from unet.metrics import dice, global_dice, slice_dice_mean, summarise, tumour_slice_dice, volume_scores
 from unet.predict.segmenter import Segmenter
 
