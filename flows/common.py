@@ -35,9 +35,12 @@ def stage_main(flow: Callable[[PipelineConfig], object], description: str, argv:
 def stage_flow(name: str):
     """``@flow`` for a stage: a ``UserError`` fails the run with its message said once (the run's log
     and state), not with Prefect's traceback; calling the flow still raises it. A bug still raises
-    through Prefect with its traceback."""
-    from prefect import flow, get_run_logger
+    through Prefect with its traceback. Started by the pipeline flow (through DVC), the stage's run
+    nests under the pipeline's run (``tasks.nesting``)."""
+    from prefect import get_run_logger
     from prefect.states import Failed
+
+    from tasks.nesting import StageFlow
 
     def decorate(fn: Callable):
         @functools.wraps(fn)
@@ -48,7 +51,7 @@ def stage_flow(name: str):
                 get_run_logger().error("%s", exc)
                 return Failed(message=str(exc), data=exc)
 
-        return flow(name=name, log_prints=True)(body)
+        return StageFlow(fn=body, name=name, log_prints=True)
 
     return decorate
 

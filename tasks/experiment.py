@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from tasks.nesting import PARENT_ENV, parent_env
 from tasks.overrides import collect_overrides, refuse_local_only, validate_overrides
 from unet.config import ConfigError, PipelineConfig
 from unet.errors import UserError
@@ -85,6 +86,8 @@ def dvc_env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     if url := api_url():
         env["PREFECT_API_URL"] = url
+    env.pop(PARENT_ENV, None)
+    env.update(parent_env())  # the stages' runs nest under this run (tasks.nesting)
     return env
 
 

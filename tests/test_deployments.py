@@ -240,8 +240,8 @@ def dvc(repo: Path, *args: str) -> str:
 
 def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, prefect_api):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId, \
-        LogFilterTextSearch
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, \
+        FlowRunFilterParentFlowRunId, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId, LogFilterTextSearch
     from prefect.exceptions import ObjectNotFound
 
     process, log = runner
@@ -274,6 +274,13 @@ def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, pref
         wait_for(streamed, 20, "DVC's output is not in the run's logs", log)
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
             any_=["lgg-pipeline", "lgg-prepare", "lgg-weightmaps", "lgg-augment"])))
+        # the stages DVC ran are the pipeline run's children, in its graph, not runs beside it
+        stages = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])))
+        nested = {client.read_flow(run.flow_id).name: run.state.type.value for run in stages}
+        since = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            start_time=FlowRunFilterStartTime(after_=started)))
+        top_level = {client.read_flow(run.flow_id).name for run in since if run.parent_task_run_id is None}
 
     assert "from-the-ui" in dvc(repo, "exp", "list", "--name-only")
     # the run was an experiment in a copy: the workspace is as it was until the user applies it
@@ -283,6 +290,8 @@ def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, pref
     recorded = dvc(repo, "exp", "show", "--json")  # the experiment holds the run's params and outputs
     assert '"from-the-ui"' in recorded and '"image_size": 16' in recorded and '"copies": 1' in recorded
 
+    assert nested == dict.fromkeys(["download", "prepare", "weightmaps", "augment"], "COMPLETED")
+    assert top_level == {"lgg-pipeline"}
     ours = {a.key: a.data for a in artifacts if a.created >= started}
     assert set(ours) == {"lgg-pipeline", "lgg-prepare", "lgg-weightmaps", "lgg-augment"}
     assert "| download | ran |" in ours["lgg-pipeline"] and "| augment | ran |" in ours["lgg-pipeline"]
