@@ -19,7 +19,7 @@ def cv_flow(config: PipelineConfig) -> dict:
         registered = cv_tasks.register_ensemble(config, metrics)
         print(f"the {config.cv.folds} fold models as one: {registered['model_name']} version "
               f"{registered['version']}, {registered['decision']}")
-    cv_tasks.publish_report(metrics)
+    cv_tasks.publish_report(config, metrics)
     return metrics
 
 

@@ -7,7 +7,6 @@ import sys
 
 from flows.common import stage_flow, stage_main
 from tasks import evaluate as evaluate_tasks
-from tasks.reports import evaluate_report, publish
 from tasks.tracking import train_record
 from unet.config import PipelineConfig
 from unet.evaluate import stage
@@ -19,7 +18,7 @@ def evaluate_flow(config: PipelineConfig) -> dict:
     record = train_record(config)  # the train stage's MLflow run and model: the scores go there too
     metrics = stage.evaluate(config, score_part=evaluate_tasks.evaluate_part)
     evaluate_tasks.log_evaluation(record, metrics, [ev.metrics_path, ev.per_patient_path], ev.overlays_dir)
-    publish("lgg-evaluate", evaluate_report(metrics), description=f"{metrics['split']} scores at the original geometry")
+    evaluate_tasks.publish_report(config, metrics)
     return metrics
 
 

@@ -15,7 +15,7 @@ from unet.radiogenomics import stage
 def radiogenomics_flow(config: PipelineConfig) -> dict:
     result = stage.run(config)
     radiogenomics_tasks.log_study(config, result)
-    radiogenomics_tasks.publish_report(result)
+    radiogenomics_tasks.publish_report(config, result)
     return result
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import unmapped
 
 from tasks.common import stage_task
-from tasks.reports import augment_report, publish
+from tasks.reports import augment_report, figure, publish
 from unet.augment import preview, stage
 from unet.config import PipelineConfig
 from unet.io.atomic import atomic_dir
@@ -42,5 +42,9 @@ def all_patients(config: PipelineConfig) -> dict[str, Any]:
     return summary
 
 
-def publish_report(summary: dict[str, Any], image_size: int) -> None:
-    publish("lgg-augment", augment_report(summary, image_size), description="elastic copies and the disk they take")
+def publish_report(summary: dict[str, Any], image_size: int, preview: Path | None) -> None:
+    """The copies' table, and the preview picture when the stage made copies."""
+    report = augment_report(summary, image_size)
+    if preview is not None:
+        report += figure(preview, "Slices, their elastic copies and the warped masks")
+    publish("lgg-augment", report, description="elastic copies and the disk they take")

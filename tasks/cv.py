@@ -11,10 +11,11 @@ from mlflow import MlflowClient
 from tasks import mlflow_model
 from tasks.common import stage_task
 from tasks.register import move_aliases, register_version
-from tasks.reports import cv_report, publish
+from tasks.reports import cv_report, figures, publish
 from tasks.tracking import log_metrics, use_experiment
 from unet.config import PipelineConfig
 from unet.cv import stage
+from unet.cv.folds import fold_config
 from unet.io.layout import read_manifest
 
 
@@ -52,5 +53,9 @@ def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[s
             **move_aliases(name, version, float(metrics["dsc_mean"]))}
 
 
-def publish_report(metrics: dict[str, Any]) -> None:
-    publish("lgg-cv", cv_report(metrics), description=f"{metrics['folds']}-fold cross-validation")
+def publish_report(config: PipelineConfig, metrics: dict[str, Any]) -> None:
+    """The cross-validation's tables, then each fold's training curve (as many as the report embeds)."""
+    curves = [(fold_config(config, k).train.curve_path, f"fold {k}: loss and validation DSC by epoch")
+              for k in range(config.cv.folds)]
+    report = cv_report(metrics) + figures(curves)
+    publish("lgg-cv", report, description=f"{metrics['folds']}-fold cross-validation")

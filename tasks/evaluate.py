@@ -9,7 +9,9 @@ from typing import Any
 from mlflow import MlflowClient
 
 from tasks.common import stage_task
+from tasks.reports import evaluate_report, figures, publish
 from tasks.tracking import log_metrics, numeric
+from unet.config import PipelineConfig
 from unet.evaluate import stage
 
 
@@ -41,3 +43,13 @@ def log_evaluation(record: Mapping[str, Any], evaluation: Mapping[str, Any], fil
         client.log_artifact(run_id, str(path), "evaluate")
     if Path(overlays_dir).is_dir():
         client.log_artifacts(run_id, str(overlays_dir), "evaluate/overlays")
+
+
+def publish_report(config: PipelineConfig, metrics: Mapping[str, Any]) -> None:
+    """The scores, the per-patient plot and the overlays (best, median and worst patient) in one report."""
+    ev = config.evaluate
+    overlays = sorted(Path(ev.overlays_dir).glob("*.png")) if Path(ev.overlays_dir).is_dir() else []
+    pictures = [(ev.per_patient_figure, "DSC per patient volume; lines: mean and median of the test patients"),
+                *((path, f"{path.stem}: prediction outlined red, ground truth green") for path in overlays)]
+    publish("lgg-evaluate", evaluate_report(metrics) + figures(pictures),
+            description=f"{metrics['split']} scores at the original geometry")

@@ -7,7 +7,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from tasks.common import stage_task
-from tasks.reports import publish, radiogenomics_report
+from tasks.reports import figure, publish, radiogenomics_report
 from tasks.tracking import log_metrics, use_experiment
 from unet.config import PipelineConfig
 
@@ -30,7 +30,9 @@ def log_study(config: PipelineConfig, result: dict[str, Any]) -> str:
     return run_id
 
 
-def publish_report(result: dict[str, Any]) -> None:
-    publish("lgg-radiogenomics", radiogenomics_report(result), description="shape features x genomic clusters")
+def publish_report(config: PipelineConfig, result: dict[str, Any]) -> None:
+    report = radiogenomics_report(result) + figure(config.radiogenomics.figure,
+                                                   "-log10 p of every test, features x clusters")
+    publish("lgg-radiogenomics", report, description="shape features x genomic clusters")
 
 

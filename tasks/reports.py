@@ -2,18 +2,52 @@
 
 The ``*_report`` functions are plain: they take the summary a stage already returns (or writes to
 JSON) and give back a markdown string, so they are tested without Prefect. ``publish`` is the one
-edge that talks to the Prefect API.
+edge that talks to the Prefect API. ``figure`` embeds a stage's PNG in its report as a data URI:
+the UI shows the picture itself, with no file server and no internet (hospital machines are
+offline, and a path on the machine that ran the stage means nothing in a browser elsewhere).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from uuid import UUID
 
 KEY = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 GB = 1e9
 MB = 1e6
+EMBED_LIMIT = 1_000_000  # bytes of PNG a report embeds; each version of an artifact keeps its own copy
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def figure(path: Path | str, caption: str, limit: int = EMBED_LIMIT) -> str:
+    """A stage's PNG, embedded (``![caption](data:image/png;base64,...)``) over its caption and path.
+
+    A picture that is missing, not a PNG, or over ``limit`` bytes is named instead, with why.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return f"\n*{caption}*: `{path}` was not written.\n"
+    data = path.read_bytes()
+    if not data.startswith(PNG):
+        return f"\n*{caption}*: `{path}` is not a PNG; open it from the repository.\n"
+    if len(data) > limit:
+        return f"\n*{caption}*: `{path}` ({len(data) / MB:.1f} MB, over the {limit / MB:.1f} MB a report embeds).\n"
+    alt = re.sub(r"[\[\]\n]", " ", caption)
+    return f"\n![{alt}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})\n\n*{caption}* (`{path}`)\n"
+
+
+def figures(items: Iterable[tuple[Path | str, str]], budget: int = EMBED_LIMIT) -> str:
+    """Several ``figure``s sharing one budget of embedded bytes, in order; the rest are named."""
+    parts = []
+    for path, caption in items:
+        part = figure(path, caption, limit=budget)
+        if part.startswith("\n!["):
+            budget -= Path(path).stat().st_size
+        parts.append(part)
+    return "".join(parts)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -28,7 +28,7 @@ from prefect import get_run_logger
 
 from tasks import mlflow_model
 from tasks.common import stage_task
-from tasks.reports import publish, train_report
+from tasks.reports import figure, publish, train_report
 from tasks.tracking import log_metrics, repo_root, run_link, use_experiment, write_run_file
 from unet.config import PipelineConfig, PrepareConfig
 from unet.errors import UserError
@@ -303,5 +303,6 @@ def publish_report(config: PipelineConfig, summary: Mapping[str, Any], run_id: s
     with a link to the MLflow run."""
     history = pd.read_csv(config.train.history_path).to_dict("records")
     run = MlflowClient().get_run(run_id)
-    report = train_report(history, summary) + f"\nMLflow run: {run_link(run.info.experiment_id, run_id)}\n"
+    report = (train_report(history, summary) + figure(config.train.curve_path, "Loss and validation DSC by epoch")
+              + f"\nMLflow run: {run_link(run.info.experiment_id, run_id)}\n")
     publish("lgg-train", report, description="training curve and best epoch")

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import unmapped
 
 from tasks.common import stage_task
-from tasks.reports import publish, weightmaps_report
+from tasks.reports import figure, publish, weightmaps_report
 from unet.config import PipelineConfig
 from unet.io.atomic import atomic_dir
 from unet.io.layout import read_manifest, write_summary
@@ -40,6 +40,6 @@ def all_patients(config: PipelineConfig) -> dict[str, Any]:
     return summary
 
 
-def publish_report(summary: dict[str, Any], figure: Path) -> None:
-    report = weightmaps_report(summary) + f"\nThe border term between touching tumour parts, at 256 px: `{figure}`.\n"
+def publish_report(summary: dict[str, Any], picture: Path) -> None:
+    report = weightmaps_report(summary) + figure(picture, "The border term between touching tumour parts, at 256 px")
     publish("lgg-weightmaps", report, description="class weights and weight-map figures")

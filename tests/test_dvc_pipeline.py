@@ -6,11 +6,14 @@ Prefect test server, so this is the path a user takes, minus only the data size.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -105,8 +108,33 @@ def test_push_and_pull_round_trip_through_the_default_local_remote(repo, prefect
     assert "up to date" in dvc(repo, "status", "augment", api=prefect_api).stdout
 
 
+def embedded(markdown: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r"\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)]
+
+
+def stage_artifacts(since: datetime) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["lgg-weightmaps", "lgg-augment", "lgg-train", "lgg-evaluate", "lgg-cv", "lgg-radiogenomics"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    return {a.key: a.data for a in sorted(found, key=lambda a: a.created) if a.created >= since}
+
+
 def test_whole_pipeline_ends_with_a_champion_a_new_process_can_use(repo, prefect_api):
+    started = datetime.now(timezone.utc)
     dvc(repo, "repro", api=prefect_api)
+    # every stage's report shows its pictures themselves (offline, no file server), byte for byte
+    reports = stage_artifacts(started)
+    pictures = {"lgg-weightmaps": ["reports/weightmaps.png"], "lgg-augment": ["reports/augment_grid.png"],
+                "lgg-train": ["metrics/train_curve.png"], "lgg-radiogenomics": ["reports/radiogenomics.png"],
+                "lgg-evaluate": ["metrics/per_patient.png", *sorted(str(p.relative_to(repo)) for p in
+                                                                    (repo / "reports/overlays").glob("*.png"))],
+                "lgg-cv": [f"data/cv/fold-{k:02d}/train_curve.png" for k in range(2)]}
+    assert set(reports) == set(pictures)
+    for key, paths in pictures.items():
+        assert embedded(reports[key]) == [(repo / path).read_bytes() for path in paths], key
     registry = json.loads((repo / "metrics/registry.json").read_text())
     assert registry["decision"] == "first" and registry["champion_version"] == registry["version"]
     assert "dsc_mean" in json.loads((repo / "metrics/eval.json").read_text())
