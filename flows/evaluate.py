@@ -14,10 +14,9 @@ from unet.evaluate import stage
 
 @stage_flow("evaluate")
 def evaluate_flow(config: PipelineConfig) -> dict:
-    ev = config.evaluate
     record = train_record(config)  # the train stage's MLflow run and model: the scores go there too
     metrics = stage.evaluate(config, score_part=evaluate_tasks.evaluate_part)
-    evaluate_tasks.log_evaluation(record, metrics, [ev.metrics_path, ev.per_patient_path], ev.overlays_dir)
+    evaluate_tasks.log_evaluation(config, record, metrics)
     evaluate_tasks.publish_report(config, metrics)
     return metrics
 

@@ -12,7 +12,7 @@ from tasks import mlflow_model
 from tasks.common import stage_task
 from tasks.register import move_aliases, register_version
 from tasks.reports import cv_report, figures, publish
-from tasks.tracking import log_metrics, use_experiment
+from tasks.tracking import log_datasets, log_metrics, run_datasets, use_experiment
 from unet.config import PipelineConfig
 from unet.cv import stage
 from unet.cv.folds import fold_config
@@ -41,11 +41,14 @@ def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[s
     run_id = client.create_run(experiment_id, run_name=f"cv-{config.cv.folds}-folds", tags={
         "stage": "cv", "mlflow.note.content": f"{config.cv.folds}-fold cross-validation; the fold models' ensemble"
     }).info.run_id
-    log_metrics(run_id, {f"cv_{k}": v for k, v in metrics.items()} | {ENSEMBLE_SCORE: metrics["dsc_mean"]})
     client.log_artifact(run_id, str(config.cv.per_patient_path), "cv")
     manifest = read_manifest(config.prepare.manifest_path)
     info = mlflow_model.log_ensemble(run_id, stage.fold_checkpoints(config), mlflow_model.example_slices(manifest),
                                      f"cv-ensemble-{run_id[:8]}")
+    datasets = run_datasets(config)
+    log_datasets(run_id, datasets, ["all"])  # every patient, each scored by the fold model that never saw it
+    log_metrics(run_id, {f"cv_{k}": v for k, v in metrics.items()} | {ENSEMBLE_SCORE: metrics["dsc_mean"]},
+                model_id=info.model_id, datasets=datasets)  # onto the ensemble too, naming the data
     client.set_terminated(run_id)
     name = f"{config.registry.model_name}-cv"
     version = register_version(name, run_id, info.model_uri, ENSEMBLE_SCORE, float(metrics["dsc_mean"]))

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from tasks.common import stage_task
 from tasks.reports import evaluate_report, figures, publish
-from tasks.tracking import log_metrics, numeric
+from tasks.tracking import log_datasets, log_metrics, numeric, run_datasets
 from unet.config import PipelineConfig
 from unet.evaluate import stage
 
@@ -31,18 +31,25 @@ def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
 
 
 @stage_task(name="log-evaluation")
-def log_evaluation(record: Mapping[str, Any], evaluation: Mapping[str, Any], files: list[Path],
-                   overlays_dir: Path) -> None:
+def log_evaluation(config: PipelineConfig, record: Mapping[str, Any], evaluation: Mapping[str, Any]) -> None:
     """The evaluate stage's scores and pictures into the train run (its metrics, files and overlays);
-    the scores also on the run's logged model, so its page shows what the registry decides on."""
-    client, run_id = MlflowClient(), record["run_id"]
-    log_metrics(run_id, evaluation_metrics(evaluation), model_id=record.get("model_id"))
+    the scores also on the run's logged model, so its page shows what the registry decides on, each
+    score naming the split part's dataset it was measured on."""
+    client, run_id, ev = MlflowClient(), record["run_id"], config.evaluate
+    datasets = run_datasets(config)
+    log_datasets(run_id, datasets, [part for part in datasets if part in evaluated_parts(evaluation)])
+    log_metrics(run_id, evaluation_metrics(evaluation), model_id=record.get("model_id"), datasets=datasets)
     client.set_tag(run_id, "evaluate.split", str(evaluation.get("split")))
     client.set_tag(run_id, "evaluate.tta", str(evaluation.get("tta")).lower())
-    for path in files:
+    for path in (ev.metrics_path, ev.per_patient_path):
         client.log_artifact(run_id, str(path), "evaluate")
-    if Path(overlays_dir).is_dir():
-        client.log_artifacts(run_id, str(overlays_dir), "evaluate/overlays")
+    if Path(ev.overlays_dir).is_dir():
+        client.log_artifacts(run_id, str(ev.overlays_dir), "evaluate/overlays")
+
+
+def evaluated_parts(evaluation: Mapping[str, Any]) -> list[str]:
+    """The split parts ``eval.json`` scores: the headline one, then those nested under their names."""
+    return [evaluation.get("split", "test"), *(k for k, v in evaluation.items() if isinstance(v, Mapping))]
 
 
 def publish_report(config: PipelineConfig, metrics: Mapping[str, Any]) -> None:

@@ -9,27 +9,37 @@ MLflow's active run is per thread and Prefect may run tasks in worker threads, s
 logs through ``MlflowClient`` with the run id passed in. The train stage opens its run
 (``tasks.train.train_run``) and writes the id to ``config.train.run_path`` (``mlflow_run.json``),
 which the evaluate and register stages read with ``train_record``.
+
+Datasets: the prepared data is logged as one MLflow dataset a split part (``lgg-prepared-train``,
+``-val``, ``-test``; ``-all`` for the cross-validation), each digested by DVC's hash of the
+prepared folder, and every metric names the part it was measured on (``dataset_for``): a logged
+model's page then lists the datasets its figures come from, as MLflow 3 links them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 import os
 import re
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
+import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 
-from unet.config import MlflowConfig, PipelineConfig
+from unet.config import MlflowConfig, PipelineConfig, PrepareConfig
 from unet.errors import EnvironmentMismatch, InputError, MissingInputError
 from unet.io.atomic import atomic_file
+from unet.io.layout import read_manifest
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -132,12 +142,79 @@ def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int = 0, *, model_id: str | None = None) -> None:
+def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int = 0, *, model_id: str | None = None,
+                datasets: Mapping[str, Dataset] | None = None) -> None:
     """Numeric entries of ``metrics`` at ``step``, to the run named (never the thread's active run);
-    with ``model_id`` they also show on that logged model's page (MLflow 3 logged models)."""
+    with ``model_id`` they also show on that logged model's page (MLflow 3 logged models); with
+    ``datasets`` (``split_datasets``) each names the split part it was measured on."""
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(k, v, now, step, model_id=model_id)
-                                              for k, v in numeric(metrics).items()])
+    datasets = datasets or {}
+
+    def metric(key: str, value: float) -> Metric:
+        dataset = datasets.get(dataset_for(key))
+        return Metric(key, value, now, step, model_id=model_id, dataset_name=dataset and dataset.name,
+                      dataset_digest=dataset and dataset.digest)
+
+    MlflowClient().log_batch(run_id, metrics=[metric(k, v) for k, v in numeric(metrics).items()])
+
+
+DATASET_NAME = "lgg-prepared"
+CONTEXTS = {"train": "training", "val": "validation", "test": "test", "all": "cross-validation"}
+PART_PREFIXES = (("best_val_", "val"), ("val_", "val"), ("test_", "test"), ("cv_", "all"), ("train_", "train"),
+                 ("loss", "train"))
+
+
+def dataset_for(key: str) -> str | None:
+    """The split part a metric is measured on, by its name: ``val_dsc`` val, ``test_iou_mean`` test,
+    ``cv_dsc_mean`` every patient (out of fold), ``loss`` the training slices; None for the rest
+    (speeds, learning rate, export checks)."""
+    return next((part for prefix, part in PART_PREFIXES if key.startswith(prefix)), None)
+
+
+def prepared_data_hash(prepared: Path, root: Path) -> tuple[str, str]:
+    """The prepared data's hash and where it came from.
+
+    DVC's md5 of the prepare stage's output from ``dvc.lock`` when that entry is this folder and its
+    file count and size still match (the dvc CLI must not run inside a stage: the repo is locked);
+    else the md5 of ``manifest.parquet`` (the data was prepared outside DVC).
+    """
+    prepared = Path(prepared).resolve()
+    lock = root / "dvc.lock"
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if (root / out["path"]).resolve() == prepared and "md5" in out:
+                files = [p for p in prepared.rglob("*") if p.is_file()]
+                if out.get("nfiles") == len(files) and out.get("size") == sum(p.stat().st_size for p in files):
+                    return out["md5"], "dvc.lock"
+    manifest = PrepareConfig(out_dir=prepared).manifest_path
+    return hashlib.md5(manifest.read_bytes()).hexdigest(), manifest.name
+
+
+def split_datasets(manifest: pd.DataFrame, prepared: Path, digest: str) -> dict[str, Dataset]:
+    """``lgg-prepared-<part>`` for each split part the manifest has, and ``-all``: the part's rows
+    (one a slice), sourced at the prepared folder, digested by DVC's hash of it."""
+    parts = {part: manifest[manifest["split"] == part] for part in ("train", "val", "test")} | {"all": manifest}
+    with warnings.catch_warnings():  # mlflow 3.17 registers its local source twice and says so; the
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")  # no model input
+        return {part: Dataset(**mlflow.data.from_pandas(rows, source=str(Path(prepared).resolve()),
+                                                        name=f"{DATASET_NAME}-{part}",
+                                                        digest=digest.removesuffix(".dir")).to_dict())
+                for part, rows in parts.items() if len(rows)}
+
+
+def run_datasets(config: PipelineConfig) -> dict[str, Dataset]:
+    """``split_datasets`` of the prepared data the config names (its manifest, its DVC hash)."""
+    digest, _ = prepared_data_hash(config.prepare.out_dir, repo_root())
+    return split_datasets(read_manifest(config.prepare.manifest_path), config.prepare.out_dir, digest)
+
+
+def log_datasets(run_id: str, datasets: Mapping[str, Dataset], parts: list[str]) -> None:
+    """The ``parts`` of ``datasets`` as inputs of run ``run_id``, each with its context (training, ...)."""
+    inputs = [DatasetInput(datasets[part], tags=[InputTag("mlflow.data.context", CONTEXTS[part])])
+              for part in parts if part in datasets]
+    MlflowClient().log_inputs(run_id, datasets=inputs)
 
 
 def check_store(config: MlflowConfig, environ: Mapping[str, str] = os.environ) -> str:

@@ -8,11 +8,9 @@ run requires; everything else names the run id explicitly.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import json
 import subprocess
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +18,6 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -29,13 +26,13 @@ from prefect import get_run_logger
 from tasks import mlflow_model
 from tasks.common import stage_task
 from tasks.reports import figure, publish, train_report
-from tasks.tracking import log_metrics, repo_root, run_link, use_experiment, write_run_file
-from unet.config import PipelineConfig, PrepareConfig
+from tasks.tracking import log_datasets, log_metrics, prepared_data_hash, repo_root, run_datasets, run_link, \
+    split_datasets, use_experiment, write_run_file
+from unet.config import PipelineConfig
 from unet.errors import UserError
 from unet.io.layout import read_manifest
 from unet.train.stage import load_training_data
 
-DATASET_NAME = "lgg-prepared"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
@@ -66,36 +63,6 @@ def git_commit(cwd: Path) -> str | None:
     except FileNotFoundError:
         return None
     return result.stdout.strip() if result.returncode == 0 else None
-
-
-def prepared_data_hash(prepared: Path, root: Path) -> tuple[str, str]:
-    """The prepared data's hash and where it came from.
-
-    DVC's md5 of the prepare stage's output from ``dvc.lock`` when that entry is this folder and its
-    file count and size still match (the dvc CLI must not run inside a stage: the repo is locked);
-    else the md5 of ``manifest.parquet`` (the data was prepared outside DVC).
-    """
-    prepared = Path(prepared).resolve()
-    lock = root / "dvc.lock"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
-    for stage in stages.values():
-        for out in stage.get("outs", []):
-            if (root / out["path"]).resolve() == prepared and "md5" in out:
-                files = [p for p in prepared.rglob("*") if p.is_file()]
-                if out.get("nfiles") == len(files) and out.get("size") == sum(p.stat().st_size for p in files):
-                    return out["md5"], "dvc.lock"
-    manifest = PrepareConfig(out_dir=prepared).manifest_path
-    return hashlib.md5(manifest.read_bytes()).hexdigest(), manifest.name
-
-
-def log_training_data(manifest: pd.DataFrame, prepared: Path, digest: str) -> None:
-    """The manifest (one row a slice) as the active run's training dataset, hashed as DVC knows the data."""
-    with warnings.catch_warnings():  # mlflow 3.17 registers its local source twice and says so; the
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")  # no model input
-        dataset = mlflow.data.from_pandas(manifest, source=str(Path(prepared).resolve()), name=DATASET_NAME,
-                                          digest=digest.removesuffix(".dir"))
-        mlflow.log_input(dataset, context="training")
 
 
 def _run_to_resume(path: Path, experiment_id: str) -> tuple[str | None, str | None]:
@@ -152,8 +119,7 @@ def train_run(config: PipelineConfig, *, resume: bool = False,
         for key, value in tags.items():
             if value:
                 client.set_tag(run_id, key, value)
-        # mlflow.log_input logs to this thread's active run: the one just opened here
-        log_training_data(manifest, config.prepare.out_dir, digest)
+        log_datasets(run_id, split_datasets(manifest, config.prepare.out_dir, digest), ["train", "val"])
         yield run_id
     except BaseException:
         _end_run(run_id, "FAILED")
@@ -256,8 +222,9 @@ def finish_run(run_id: str, config: PipelineConfig, summary: Mapping[str, Any], 
     try:
         if not reporter.flush():
             raise MlflowException(f"{len(reporter.pending)} epoch(s) could not be sent")
-        log_training_summary(run_id, config, summary)
-        return log_trained_model(run_id, config)
+        model = log_trained_model(run_id, config)  # first: the summary then goes onto it with its datasets
+        log_training_summary(run_id, config, summary, model["model_id"])
+        return model["model_uri"]
     except (MlflowException, OSError) as exc:
         if store_answers():
             raise  # the store is there: this is not an outage but a fault to see whole
@@ -270,12 +237,14 @@ def finish_run(run_id: str, config: PipelineConfig, summary: Mapping[str, Any], 
 
 
 @stage_task(name="log-training-summary")
-def log_training_summary(run_id: str, config: PipelineConfig, summary: Mapping[str, Any]) -> None:
-    """Best score and throughput, the device used, the augment picture and the train metric files."""
+def log_training_summary(run_id: str, config: PipelineConfig, summary: Mapping[str, Any],
+                         model_id: str | None = None) -> None:
+    """Best score and throughput, the device used, the augment picture and the train metric files;
+    the figures also on the logged model ``model_id``, ``best_val_dsc`` naming the validation data."""
     client = MlflowClient()
     # the summary's mean speed under its own name: ``images_per_s`` is the per-epoch curve
     figures = {("mean_images_per_s" if k == "images_per_s" else k): v for k, v in summary.items()}
-    log_metrics(run_id, figures)
+    log_metrics(run_id, figures, model_id=model_id, datasets=run_datasets(config))
     client.set_tag(run_id, "train.device_used", str(summary.get("device")))
     if Path(config.augment.preview).is_file():
         client.log_artifact(run_id, str(config.augment.preview), "figures")
@@ -285,8 +254,9 @@ def log_training_summary(run_id: str, config: PipelineConfig, summary: Mapping[s
 
 
 @stage_task(name="log-model")
-def log_trained_model(run_id: str, config: PipelineConfig) -> str:
-    """``best.pt`` as the run's pyfunc model, with 4 raw slices as its input example; returns its URI.
+def log_trained_model(run_id: str, config: PipelineConfig) -> dict[str, Any]:
+    """``best.pt`` as the run's pyfunc model, with 4 raw slices as its input example; returns the run
+    record with its ``model_id`` and ``model_uri``.
 
     The URI is added to ``mlflow_run.json`` for the register stage.
     """
@@ -295,7 +265,7 @@ def log_trained_model(run_id: str, config: PipelineConfig) -> str:
     info = mlflow_model.log_model(run_id, config.train.best_path, mlflow_model.example_slices(manifest), name)
     record = {**json.loads(config.train.run_path.read_text()), "model_id": info.model_id, "model_uri": info.model_uri}
     write_run_file(config.train.run_path, record)
-    return info.model_uri
+    return record
 
 
 def publish_report(config: PipelineConfig, summary: Mapping[str, Any], run_id: str) -> None:

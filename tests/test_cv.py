@@ -152,3 +152,14 @@ def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect
     worse = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": metrics["dsc_mean"] - 0.1})
     better = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": metrics["dsc_mean"] + 0.1})
     assert (worse["decision"], better["decision"]) == ("kept", "promoted")
+    # the ensemble's page lists the data its figures come from: every patient, out of fold
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("lgg-test-cv-base-cv", "champion")
+    model_id = version.source.removeprefix("models:/")  # mlflow 3.17's sqlite registry leaves version.model_id None
+    named = {m.key: m.dataset_name for m in client.get_logged_model(model_id).metrics}
+    assert named["cv_dsc_mean"] == "lgg-prepared-all" and named["cv_folds"] == "lgg-prepared-all"
+    (dataset,) = client.get_run(better["run_id"]).inputs.dataset_inputs
+    assert (dataset.dataset.name, [(t.key, t.value) for t in dataset.tags]) == \
+        ("lgg-prepared-all", [("mlflow.data.context", "cross-validation")])

@@ -120,7 +120,7 @@ def test_data_hash_from_dvc_lock_only_while_it_matches_the_folder(tmp_path, nfil
     (prepared / "summary.json").write_bytes(b"{}")
     out = {"path": "data/prepared", "md5": "0123456789abcdef0123456789abcdef.dir", "size": 10, "nfiles": nfiles}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {"prepare": {"outs": [out]}}}))
-    digest, found = train_tasks.prepared_data_hash(prepared, tmp_path)
+    digest, found = tracking.prepared_data_hash(prepared, tmp_path)
     assert found == source
     assert digest == (out["md5"] if source == "dvc.lock" else hashlib.md5(b"manifest").hexdigest())
 
@@ -141,9 +141,20 @@ def test_train_and_evaluate_log_into_one_run(tracked):
     experiment = client().get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
     assert run.info.run_name == "reference-32px-2ep" and "train stage" in run.data.tags["mlflow.note.content"]
-    (dataset,) = run.inputs.dataset_inputs
-    assert (dataset.dataset.name, dataset.dataset.digest) == ("lgg-prepared", manifest_md5)
-    assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
+    # the split parts as the run's datasets, each with its context, digested as the data version
+    inputs = sorted((d.dataset.name, d.dataset.digest, [(t.key, t.value) for t in d.tags])
+                    for d in run.inputs.dataset_inputs)
+    assert inputs == [(f"lgg-prepared-{part}", manifest_md5, [("mlflow.data.context", context)])
+                      for part, context in (("test", "test"), ("train", "training"), ("val", "validation"))]
+    manifest = pd.read_parquet(root / "prepared/manifest.parquet")
+    assert json.loads(next(d.dataset.profile for d in run.inputs.dataset_inputs
+                           if d.dataset.name == "lgg-prepared-test"))["num_rows"] == (manifest.split == "test").sum()
+    # the logged model's figures name the data they were measured on: its page lists those datasets
+    model = client().get_logged_model(record["model_id"])
+    named = {m.key: m.dataset_name for m in model.metrics}
+    assert named["test_dsc_mean"] == "lgg-prepared-test" and named["val_dsc_mean"] == "lgg-prepared-val"
+    assert named["best_val_dsc"] == "lgg-prepared-val" and named["mean_images_per_s"] is None
+    assert {m.dataset_digest for m in model.metrics if m.dataset_name} == {manifest_md5}
     for name in ("loss", "val_dsc", "images_per_s"):  # per-epoch curves: no spurious step-0 point
         assert [m.step for m in client().get_metric_history(run.info.run_id, name)] == [1, 2]
     assert run.data.metrics["mean_images_per_s"] > 0
@@ -374,3 +385,20 @@ def test_the_bounded_server_takes_npy_and_json_and_refuses_what_it_must(tracked,
     too_big = client_.post("/invocations", content=b"0" * 1_000_001, headers={"Content-Type": NPY})
     assert too_big.status_code == 413 and "at most 1,000,000" in too_big.json()["message"]
     assert client_.post("/invocations", content=b"junk", headers={"Content-Type": NPY}).status_code == 400
+
+
+@pytest.mark.parametrize(("key", "part"), [
+    ("val_dsc_mean", "val"), ("best_val_dsc", "val"), ("test_hd95_median", "test"), ("cv_dsc_mean", "all"),
+    ("train_rows", "train"), ("loss", "train"), ("mean_images_per_s", None), ("export_max_abs_diff", None),
+])
+def test_each_metric_names_the_split_part_it_is_measured_on(key, part):
+    assert tracking.dataset_for(key) == part
+
+
+def test_split_datasets_are_the_parts_rows_under_one_data_version(tmp_path):
+    manifest = pd.DataFrame({"patient": list("aabbc"), "split": ["train", "train", "val", "val", "train"]})
+    datasets = tracking.split_datasets(manifest, tmp_path, "0123456789abcdef0123456789abcdef.dir")
+    assert sorted(datasets) == ["all", "train", "val"]  # no test part here: no empty dataset
+    assert {d.digest for d in datasets.values()} == {"0123456789abcdef0123456789abcdef"}
+    assert [json.loads(datasets[p].profile)["num_rows"] for p in ("train", "val", "all")] == [3, 2, 5]
+    assert datasets["val"].name == "lgg-prepared-val" and datasets["val"].source == json.dumps({"uri": str(tmp_path)})
