@@ -20,6 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+from mlflow import MlflowClient
 import numpy as np
 import pandas as pd
 from mlflow.models import Model, ModelSignature
@@ -58,10 +59,9 @@ def example_slices(manifest: pd.DataFrame, count: int = 4) -> np.ndarray:
 
 def log_ensemble(run_id: str, checkpoints: list[Path], input_example: np.ndarray, name: str) -> ModelInfo:
     """The fold models as one pyfunc (``tasks/pyfunc_ensemble.py``), the same contract as ``log_model``'s."""
-    return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
-                     python_model=str(PYFUNC_CODE.with_name("pyfunc_ensemble.py")),
-                     artifacts={f"fold-{k:02d}": str(path) for k, path in enumerate(checkpoints)},
-                     signature=SIGNATURE, input_example=input_example, pip_requirements=requirements())
+    return _log_pyfunc(run_id, name, python_model=str(PYFUNC_CODE.with_name("pyfunc_ensemble.py")),
+                       artifacts={f"fold-{k:02d}": str(path) for k, path in enumerate(checkpoints)},
+                       input_example=input_example)
 
 
 def log_model(run_id: str, checkpoint: Path, input_example: np.ndarray, name: str = "lgg-unet") -> ModelInfo:
@@ -70,9 +70,21 @@ def log_model(run_id: str, checkpoint: Path, input_example: np.ndarray, name: st
     ``Model.log`` is what ``mlflow.pyfunc.log_model`` calls, with the run named explicitly
     instead of the thread's active run.
     """
-    return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
-                     python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(checkpoint)}, signature=SIGNATURE,
-                     input_example=input_example, pip_requirements=requirements())
+    return _log_pyfunc(run_id, name, python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(checkpoint)},
+                       input_example=input_example)
+
+
+def _log_pyfunc(run_id: str, name: str, **options) -> ModelInfo:
+    """``Model.log`` into run ``run_id``'s experiment.
+
+    MLflow 3.17 files a logged model under the thread's active run's experiment, else the active
+    experiment, else Default (0), not under the run it names: the cv stage (no active run) put its
+    ensemble in Default, and where an MLflow server had made Default (``make ui``: artifacts at
+    ``mlflow-artifacts:/``) the sqlite-tracked stage could not write it at all.
+    """
+    mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+    return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, signature=SIGNATURE,
+                     pip_requirements=requirements(), **options)
 
 
 def __getattr__(name: str):

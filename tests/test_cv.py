@@ -158,7 +158,10 @@ def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect
     client = MlflowClient()
     version = client.get_model_version_by_alias("lgg-test-cv-base-cv", "champion")
     model_id = version.source.removeprefix("models:/")  # mlflow 3.17's sqlite registry leaves version.model_id None
-    named = {m.key: m.dataset_name for m in client.get_logged_model(model_id).metrics}
+    model = client.get_logged_model(model_id)
+    # in the cv run's experiment (MLflow alone files it under Default when no run is active)
+    assert model.experiment_id == client.get_run(better["run_id"]).info.experiment_id != "0"
+    named = {m.key: m.dataset_name for m in model.metrics}
     assert named["cv_dsc_mean"] == "lgg-prepared-all" and named["cv_folds"] == "lgg-prepared-all"
     (dataset,) = client.get_run(better["run_id"]).inputs.dataset_inputs
     assert (dataset.dataset.name, [(t.key, t.value) for t in dataset.tags]) == \
