@@ -8,6 +8,7 @@ afterwards DVC is clean and the stages' artifacts are on the server.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -299,6 +300,9 @@ def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, pref
         in ours["lgg-pipeline"]
     assert "# prepare: 5 patients" in ours["lgg-prepare"] and "at 16 px" in ours["lgg-prepare"]
     assert "| class weight, tumour |" in ours["lgg-weightmaps"]
+    for key in ("lgg-weightmaps", "lgg-augment"):  # the stage's picture itself, not a path on the runner
+        (picture,) = re.findall(r"\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", ours[key])
+        assert base64.b64decode(picture).startswith(b"\x89PNG\r\n\x1a\n"), key
     assert "# augment: 1 copies of" in ours["lgg-augment"]
 
 
