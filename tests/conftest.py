@@ -56,9 +56,36 @@ def make_raw_tree(root: Path, patients: int = 4, slices: int = 5, size: int = 32
     return root
 
 
+def outputs_under(root: Path) -> dict:
+    """Every path key of params.yaml (outputs and pictures) as its default under ``root``, so a test
+    stage writes nothing into the repository (``repository_untouched`` checks it)."""
+    from unet.config import PipelineConfig
+
+    def walk(model) -> dict:
+        found = {}
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if hasattr(type(value), "model_fields"):
+                if nested := walk(value):
+                    found[name] = nested
+            elif isinstance(value, Path) and not value.is_absolute():
+                found[name] = str(root / value)
+        return found
+
+    return walk(PipelineConfig())
+
+
+def merged(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
 def tiny_stage_params(root: Path, *, metrics_dir: str = "metrics", overlay_patients: int = 2, **train) -> dict:
-    """params for the whole pipeline on a tiny 32 px set under ``root`` (features 4, depth 2, CPU)."""
-    return {
+    """params for the whole pipeline on a tiny 32 px set under ``root`` (features 4, depth 2, CPU);
+    every output under ``root`` too."""
+    return merged(outputs_under(root), {
         "data": {"raw_dir": str(root / "raw")},
         "prepare": {"image_size": 32, "out_dir": str(root / "prepared"), "nifti": False,
                     "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 1}},
@@ -69,7 +96,33 @@ def tiny_stage_params(root: Path, *, metrics_dir: str = "metrics", overlay_patie
                   "out_dir": str(root / "models"), "metrics_dir": str(root / metrics_dir), **train},
         "evaluate": {"out_dir": str(root / "metrics"), "predictions_dir": str(root / "predictions"),
                      "overlays_dir": str(root / "overlays"), "overlay_patients": overlay_patients},
-    }
+    })
+
+
+# what the pipeline writes in the repository: the tests must leave all of it as it was
+REPO_OUTPUTS = ["reports", "metrics", "models", "data", "dvc.lock", "params.yaml", "mlflow.db", "mlartifacts"]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    files = {}
+    for name in REPO_OUTPUTS:
+        path = root / name
+        for file in ([path] if path.is_file() else path.rglob("*") if path.is_dir() else []):
+            if file.is_file():
+                stat = file.stat()
+                files[str(file.relative_to(root))] = (stat.st_mtime_ns, stat.st_size)
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_untouched():
+    """Fails the session when a test wrote into the repository's outputs (a relative default path
+    resolved against the working directory overwrote the demo's pictures once)."""
+    before = snapshot(REPO)
+    yield
+    after = snapshot(REPO)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the tests wrote into the repository: {', '.join(changed[:20])}; give them paths under tmp_path"
 
 
 @pytest.fixture
