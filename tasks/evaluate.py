@@ -37,7 +37,7 @@ def log_evaluation(config: PipelineConfig, record: Mapping[str, Any], evaluation
     score naming the split part's dataset it was measured on."""
     client, run_id, ev = MlflowClient(), record["run_id"], config.evaluate
     datasets = run_datasets(config)
-    log_datasets(run_id, datasets, [part for part in datasets if part in evaluated_parts(evaluation)])
+    log_datasets(run_id, datasets, evaluated_parts(evaluation))
     log_metrics(run_id, evaluation_metrics(evaluation), model_id=record.get("model_id"), datasets=datasets)
     client.set_tag(run_id, "evaluate.split", str(evaluation.get("split")))
     client.set_tag(run_id, "evaluate.tta", str(evaluation.get("tta")).lower())

@@ -20,9 +20,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import Schema, TensorSpec

@@ -66,14 +66,14 @@ class StageFlow(Flow):
     """A stage's ``Flow``: called with ``LGG_PIPELINE_FLOW_RUN`` set, its run nests under that run."""
 
     def __call__(self, *args, return_state: bool = False, wait_for=None, **kwargs):
-        parent_id = os.environ.get(PARENT_ENV)
-        if not parent_id or FlowRunContext.get() is not None:  # in-process nesting is Prefect's own
+        parent_id, flow_run = os.environ.get(PARENT_ENV), None
+        if parent_id and FlowRunContext.get() is None:  # in-process nesting is Prefect's own
+            parameters = get_call_parameters(self.fn, args, kwargs)
+            flow_run = nested_flow_run(self, parameters, parent_id)
+        if flow_run is None:
             return super().__call__(*args, return_state=return_state, wait_for=wait_for, **kwargs)
         from prefect.flow_engine import run_flow
 
-        parameters = get_call_parameters(self.fn, args, kwargs)
-        if (flow_run := nested_flow_run(self, parameters, parent_id)) is None:
-            return super().__call__(*args, return_state=return_state, wait_for=wait_for, **kwargs)
         return run_flow(flow=self, flow_run=flow_run, parameters=parameters,
                         return_type="state" if return_state else "result")
 

@@ -27,27 +27,32 @@ def figure(path: Path | str, caption: str, limit: int = EMBED_LIMIT) -> str:
 
     A picture that is missing, not a PNG, or over ``limit`` bytes is named instead, with why.
     """
-    path = Path(path)
-    if not path.is_file():
-        return f"\n*{caption}*: `{path}` was not written.\n"
-    data = path.read_bytes()
-    if not data.startswith(PNG):
-        return f"\n*{caption}*: `{path}` is not a PNG; open it from the repository.\n"
-    if len(data) > limit:
-        return f"\n*{caption}*: `{path}` ({len(data) / MB:.1f} MB, over the {limit / MB:.1f} MB a report embeds).\n"
-    alt = re.sub(r"[\[\]\n]", " ", caption)
-    return f"\n![{alt}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})\n\n*{caption}* (`{path}`)\n"
+    return _figure(Path(path), caption, limit)[0]
 
 
 def figures(items: Iterable[tuple[Path | str, str]], budget: int = EMBED_LIMIT) -> str:
     """Several ``figure``s sharing one budget of embedded bytes, in order; the rest are named."""
     parts = []
     for path, caption in items:
-        part = figure(path, caption, limit=budget)
-        if part.startswith("\n!["):
-            budget -= Path(path).stat().st_size
+        part, embedded = _figure(Path(path), caption, budget)
+        budget -= embedded
         parts.append(part)
     return "".join(parts)
+
+
+def _figure(path: Path, caption: str, limit: int) -> tuple[str, int]:
+    """``figure``'s markdown and the bytes it embeds (0 when it names the picture instead)."""
+    if not path.is_file():
+        return f"\n*{caption}*: `{path}` was not written.\n", 0
+    data = path.read_bytes()
+    if not data.startswith(PNG):
+        return f"\n*{caption}*: `{path}` is not a PNG; open it from the repository.\n", 0
+    if len(data) > limit:
+        return (f"\n*{caption}*: `{path}` ({len(data) / MB:.1f} MB, over the {limit / MB:.1f} MB a report "
+                "embeds).\n", 0)
+    alt = re.sub(r"[\[\]\n]", " ", caption)
+    return (f"\n![{alt}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})\n\n*{caption}* "
+            f"(`{path}`)\n", len(data))
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
