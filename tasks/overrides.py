@@ -100,13 +100,14 @@ def validate_overrides(params_path: Path, overrides: Mapping[str, str]) -> Pipel
     return config
 
 
-def _path_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+def path_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """The dotted params keys of ``model`` whose values are paths (``prepare.out_dir``, ...)."""
     keys = set()
     for name, info in model.model_fields.items():
         kinds = [info.annotation, *typing.get_args(info.annotation)]
         nested = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
         if nested:
-            keys |= _path_keys(nested[0], f"{prefix}{name}.")
+            keys |= path_keys(nested[0], f"{prefix}{name}.")
         elif any(k is Path for k in kinds):
             keys.add(f"{prefix}{name}")
     return keys
@@ -114,7 +115,7 @@ def _path_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 
 # keys a run started through the Prefect API may not set: folders and files on this machine (an
 # output there replaces what was there), and where MLflow sends the run
-LOCAL_ONLY = frozenset(_path_keys(PipelineConfig) | {"mlflow.tracking_uri"})
+LOCAL_ONLY = frozenset(path_keys(PipelineConfig) | {"mlflow.tracking_uri"})
 
 
 def refuse_local_only(overrides: Mapping[str, str]) -> None:

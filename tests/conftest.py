@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -59,20 +60,19 @@ def make_raw_tree(root: Path, patients: int = 4, slices: int = 5, size: int = 32
 def outputs_under(root: Path) -> dict:
     """Every path key of params.yaml (outputs and pictures) as its default under ``root``, so a test
     stage writes nothing into the repository (``repository_untouched`` checks it)."""
+    from tasks.overrides import path_keys
     from unet.config import PipelineConfig
 
-    def walk(model) -> dict:
-        found = {}
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            if hasattr(type(value), "model_fields"):
-                if nested := walk(value):
-                    found[name] = nested
-            elif isinstance(value, Path) and not value.is_absolute():
-                found[name] = str(root / value)
-        return found
-
-    return walk(PipelineConfig())
+    defaults, found = PipelineConfig(), {}
+    for key in sorted(path_keys(PipelineConfig)):
+        *sections, name = key.split(".")
+        value = functools.reduce(getattr, key.split("."), defaults)
+        if isinstance(value, Path) and not value.is_absolute():  # data.path: None, no default to move
+            node = found
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = str(root / value)
+    return found
 
 
 def merged(base: dict, update: dict) -> dict:

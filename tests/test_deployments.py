@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import merged
 from flows import pipeline
 from tasks import experiment
 from tasks import overrides as checks
@@ -181,12 +182,6 @@ def test_the_deployments_and_their_defaults():
 
 # -- one real deployment run -------------------------------------------------------------------
 
-def merge(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("deploy-repo")
@@ -197,7 +192,7 @@ def repo(tmp_path_factory) -> Path:
             shutil.copytree(src, dst, ignore=lambda *_: ["__pycache__"])
         else:
             dst.write_bytes(src.read_bytes())
-    params = merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
+    params = merged(yaml.safe_load((root / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):

@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import merged
+
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ["flows", "tasks", "unet", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvc/plots"]
 TINY = {
@@ -29,12 +31,6 @@ TINY = {
     "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4},
     "evaluate": {"overlay_patients": 1},
 }
-
-
-def merge(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +43,7 @@ def repo(tmp_path_factory, prefect_api) -> Path:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
-    params = merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
+    params = merged(yaml.safe_load((root / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=root, check=True)
