@@ -193,7 +193,7 @@ def build_set(args: argparse.Namespace, work: Path, copies: bool) -> dict[str, f
     started = time.perf_counter()
     if copies and config.augment.copies:
         aug = config.augment
-        for folder in training_patients(manifest):
+        for folder in training_patients(manifest, config):
             augment_patient(config.prepare.out_dir, config.weightmap.out_dir, folder, aug.out_dir,
                             copies=aug.copies, grid=aug.grid, sigma=scale_px(aug.sigma, config.prepare.image_size),
                             seed=aug.seed, image_mode=aug.image_mode)

@@ -14,7 +14,8 @@ from unet.cv import stage
 from unet.cv.folds import assignments
 from unet.io.layout import read_manifest
 from unet.prepare.stage import prepare_dataset
-from unet.weightmaps.stage import class_weights, patient_weight_maps
+from unet.weightmaps import stage as weightmaps
+from unet.augment import stage as augment
 
 FOLDS = 3
 
@@ -28,15 +29,15 @@ def cv_params(root, **cv) -> dict:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """Nine patients prepared and their weight maps, without Prefect (the stages' own functions)."""
+    """Nine patients prepared, their weight maps and elastic copies (of every patient: each trains
+    some fold), without Prefect (the stages' own functions)."""
     root = tmp_path_factory.mktemp("cv")
     make_raw_tree(root / "raw/kaggle_3m", patients=9, slices=6, size=32)
     config = parse_config(cv_params(root))
     manifest = prepare_dataset(config.data.raw_root, config.prepare)
-    weights = class_weights(manifest, config.weightmap.class_balance)
-    for array_dir in manifest["array_dir"].unique():
-        patient_weight_maps(config.prepare.out_dir, array_dir, config.weightmap.out_dir, w0=10.0, sigma=1.25,
-                            weights=weights)
+    weightmaps.run(config)
+    summary = augment.run(config)
+    assert summary["train_patients"] == manifest["patient"].nunique()
     return root, config
 
 

@@ -1,11 +1,15 @@
 """The ``augment`` stage's work: K elastic copies of every training slice, warped together.
 
+Training slices are those of every patient some model trains on: the train split's, and with
+cross-validation every patient a fold trains on (``training_patients``).
+
 Output under ``augment.out_dir``: the copies at each training patient's ``array_dir`` (layout in
 ``unet.io.layout``) and ``augment.json`` (copies, grid, sigma in pixels, bytes per copy).
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from pathlib import Path
 from typing import Any
@@ -13,8 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from unet.augment import preview
 from unet.config import PipelineConfig
-from unet.io.layout import bytes_per_slice_copy, load_patient_arrays, load_weight_maps, write_copies
+from unet.fanout import Each, serial
+from unet.io.atomic import atomic_dir
+from unet.io.layout import (bytes_per_slice_copy, load_patient_arrays, load_weight_maps, read_manifest, write_copies,
+                            write_summary)
 from unet.transforms.elastic import deform_copies
 from unet.units import scale_px
 
@@ -26,9 +34,17 @@ def patient_seed(seed: int, patient: str) -> int:
     return (zlib.crc32(patient.encode()) ^ seed) & 0x7FFFFFFF
 
 
-def training_patients(manifest: pd.DataFrame) -> list[str]:
-    """The ``array_dir`` of every training patient, sorted: the stage maps over these."""
-    return sorted(manifest.loc[manifest["split"] == "train", "array_dir"].unique())
+def training_patients(manifest: pd.DataFrame, config: PipelineConfig) -> list[str]:
+    """The ``array_dir`` of every patient a model trains on, sorted: the stage maps over these.
+
+    The train split's patients; with cross-validation (``cv.folds``) every patient, since each one
+    trains the folds it is not tested in (less the main split's test patients with ``cv.holdout_test``).
+    """
+    if not config.cv.folds:
+        rows = manifest[manifest["split"] == "train"]
+    else:
+        rows = manifest[manifest["split"] != "test"] if config.cv.holdout_test else manifest
+    return sorted(rows["array_dir"].unique())
 
 
 def augment_patient(
@@ -75,3 +91,21 @@ def describe(summary: dict[str, Any], image_size: int) -> str:
     return (f"elastic copies: {summary['copies']} of {summary['train_slices']} slices, "
             f"{summary['bytes'] / 1e6:.1f} MB; an LGG-size set takes "
             f"{summary['lgg_bytes_per_copy'] / 1e9:.2f} GB per copy at {image_size} px")
+
+
+def run(config: PipelineConfig, *, each: Each = serial) -> dict[str, Any]:
+    """The stage: every training patient's copies (one ``each`` item a patient) into a staging folder
+    renamed into place whole, ``augment.json`` and the preview picture; returns the summary."""
+    params = config.augment
+    manifest = read_manifest(config.prepare.manifest_path)
+    with atomic_dir(params.out_dir) as staging:
+        work = functools.partial(augment_patient, config.prepare.out_dir, config.weightmap.out_dir, out_dir=staging,
+                                 copies=params.copies, grid=params.grid,
+                                 sigma=scale_px(params.sigma, config.prepare.image_size), seed=params.seed,
+                                 image_mode=params.image_mode)
+        summary = summarise(config, each(work, training_patients(manifest, config)))
+        write_summary(staging / params.summary_path.name, summary)
+        if params.copies:
+            preview.preview(manifest, config, staging)
+    return summary
+

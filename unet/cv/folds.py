@@ -39,18 +39,18 @@ def fold_key(assignment: dict[str, str], config: PipelineConfig, data_digest: st
     """What a fold's results depend on: its patients, the model and recipe, the data. A fold whose key
     is unchanged keeps its results; another key retrains it."""
     recipe = {"assignment": sorted(assignment.items()), "model": config.model.model_dump(mode="json"),
-              "train": config.train.model_dump(mode="json", exclude={"resume", "out_dir", "metrics_dir", "workers"}),
+              "train": config.train.model_dump(mode="json", exclude={"resume", "out_dir", "metrics_dir", "workers", "threads"}),
               "epochs": config.cv.epochs, "threshold": config.evaluate.threshold, "data": data_digest}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def fold_config(config: PipelineConfig, fold: int) -> PipelineConfig:
-    """The train section for fold ``fold``: its own folders, resumable, no precomputed copies (the
-    augment stage copies only the main split's training patients)."""
+    """The train section for fold ``fold``: the main recipe (with the elastic copies, which the augment
+    stage makes for every patient a fold trains on), its own folders, resumable."""
     cv = config.cv
     train = config.train.model_copy(update={
         "out_dir": cv.fold_dir(fold) / "models", "metrics_dir": cv.fold_dir(fold), "resume": True,
-        "elastic_copies": False, "epochs": cv.epochs or config.train.epochs})
+        "epochs": cv.epochs or config.train.epochs})
     return config.model_copy(update={"train": train})
 
 

@@ -7,6 +7,7 @@ statistics). ``weightmap.sigma`` is given in pixels of a 256 px slice (``unet.un
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,11 @@ import numpy as np
 import pandas as pd
 
 from unet.config import PipelineConfig
-from unet.io.layout import load_patient_arrays, write_weight_maps
+from unet.fanout import Each, serial
+from unet.io.atomic import atomic_dir
+from unet.io.layout import load_patient_arrays, read_manifest, write_summary, write_weight_maps
 from unet.units import scale_px
+from unet.weightmaps.figure import weightmap_figure
 from unet.weightmaps.weightmap import class_weights_from_counts, weight_maps
 
 
@@ -76,3 +80,18 @@ def describe(summary: dict[str, Any]) -> str:
     weights = summary["class_weights"]
     return (f"weight maps: {summary['slices']} slices, class weights ({weights['background']}, "
             f"{weights['foreground']}), sigma {summary['sigma_px']:.2f} px")
+
+
+def run(config: PipelineConfig, *, each: Each = serial) -> dict[str, Any]:
+    """The stage: every patient's maps (one ``each`` item a patient) into a staging folder renamed
+    into place whole, ``weightmaps.json``, and the figure; returns the summary."""
+    params = config.weightmap
+    manifest = read_manifest(config.prepare.manifest_path)
+    weights = class_weights(manifest, params.class_balance)
+    with atomic_dir(params.out_dir) as staging:
+        work = functools.partial(patient_weight_maps, config.prepare.out_dir, out_dir=staging, w0=params.w0,
+                                 sigma=scale_px(params.sigma, config.prepare.image_size), weights=weights)
+        summary = summarise(config, weights, each(work, sorted(manifest["array_dir"].unique())))
+        write_summary(staging / params.summary_path.name, summary)
+    weightmap_figure(manifest, params.figure, w0=params.w0, sigma_256=params.sigma, weights=weights)
+    return summary
