@@ -145,7 +145,7 @@ class WeightmapConfig(_Section):
 
     w0: Annotated[float, Field(ge=0.0)] = 10.0
     sigma: Annotated[float, Field(gt=0.0)] = 5.0
-    class_balance: Literal["inverse_frequency", "none"] = "inverse_frequency"
+    class_balance: Literal["inverse_frequency", "sqrt_inverse_frequency", "none"] = "inverse_frequency"
     task_runner: Literal["threads", "processes", "dask"] = "threads"
     workers: PositiveInt = 2
     out_dir: Path = Path("data/weightmaps")
@@ -211,6 +211,9 @@ class TrainConfig(_Section):
     ce_weight: Annotated[float, Field(ge=0.0)] = 0.0  # > 0: pixel-wise CE weighted by the weight maps
     grad_clip: Annotated[float, Field(ge=0.0)] = 0.0  # max gradient norm; 0: off
     early_stopping: NonNegativeInt = 0  # epochs without a better val DSC before stopping; 0: off
+    # the model that ships (best.pt): the epoch with the best validation DSC (the reference's choice),
+    # or the last epoch of the schedule (nnU-Net's; a few validation volumes make a noisy judge)
+    select: Literal["best", "last"] = "best"
     tumour_sampling: Annotated[float, Field(ge=0.0, le=1.0)] = 10 / 11
     elastic_copies: bool = True  # train on the augment stage's copies too
     skip_edge_slices: bool = True  # the reference drops each volume's first and last slice
@@ -219,6 +222,9 @@ class TrainConfig(_Section):
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (CUDA)
     workers: NonNegativeInt = 0  # DataLoader workers on the CPU path
+    # CPU threads: auto = the cores this process may use (affinity, cgroup quota), fewer while other
+    # processes keep some busy (unet/threads.py); a number is kept as it is
+    threads: PositiveInt | Literal["auto"] = "auto"
     resume: bool = False  # continue from out_dir/checkpoint.pt if its config matches
     seed: int = 0
     out_dir: Path = Path("models")  # checkpoint.pt, best.pt (DVC-cached)
@@ -257,6 +263,9 @@ class TrainConfig(_Section):
     def _loss(self) -> TrainConfig:
         if self.dice_weight + self.ce_weight == 0:
             raise ValueError("dice_weight and ce_weight are both 0: set one above 0 (reference: dice_weight 1)")
+        if self.early_stopping and self.select == "last":
+            raise ValueError(f"early_stopping is {self.early_stopping} but select is 'last': the last epoch always "
+                             "ships, so nothing would stop; set select: best, or early_stopping: 0")
         return self
 
 

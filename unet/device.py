@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from unet.errors import EnvironmentMismatch
+from unet.threads import usable_cpus
 
 DEVICES = ("auto", "cuda", "cpu")
 
@@ -25,24 +25,39 @@ def select_device(name: str) -> torch.device:
 
 @functools.cache
 def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    """Whether the CPU kernels torch runs here multiply bf16 natively (AVX512-BF16 or AMX).
+
+    The CPU's flags are not enough: torch may be capped to older kernels (``ATEN_CPU_CAPABILITY=avx2``,
+    ``ONEDNN_MAX_CPU_ISA=AVX2``, as on a CPU without AVX-512), and emulated bf16 is slower than fp32.
+    """
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    return native and cpu_kernels() in ("AVX512", "AMX") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_kernels() -> str:
+    """The CPU kernels torch dispatches to here: ``AVX512``, ``AVX2``, ``DEFAULT`` (``ATEN_CPU_CAPABILITY``)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def precision(device: torch.device, amp: bool = True) -> str:
+    """What ``autocast(device, amp)`` computes in: ``bf16`` or ``fp32``."""
+    return "bf16" if amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())) else "fp32"
 
 
 def autocast(device: torch.device, amp: bool = True):
     """bf16 autocast on CUDA, and on CPUs with native bf16 (3x the fp32 rate measured on one)."""
-    if amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
+    if precision(device, amp) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
 def share_threads(workers: int) -> int:
     """Give each of ``workers`` threads its share of torch's CPU threads (they would only fight over
-    the cores); returns the threads each gets."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    the cores this process may use); returns the threads each gets."""
+    threads = max(1, usable_cpus() // workers)
     torch.set_num_threads(threads)
     return threads

@@ -25,6 +25,7 @@ from unet.io import nifti
 from unet.io.atomic import atomic_dir, atomic_file
 from unet.io.layout import json_safe, read_manifest
 from unet.predict.segmenter import Segmenter
+from unet.threads import settle_threads
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def write_outputs(config: PipelineConfig, results: dict[str, list[PatientResult]
 def evaluate(config: PipelineConfig, score_part: Callable = evaluate_part) -> dict[str, Any]:
     """Everything the stage does; ``score_part(segmenter, manifest, part)`` may be a wrapped task."""
     manifest = read_manifest(config.prepare.manifest_path)
+    settle_threads(config.train.threads)  # the cores others leave free (unet/threads.py)
     segmenter = load_segmenter(config)
     results = {part: score_part(segmenter, manifest, part) for part in parts_of(manifest)}
     metrics = headline_metrics(results, config.evaluate.tta)

@@ -33,6 +33,7 @@ from unet.train.losses import CombinedLoss
 from unet.metrics import dice, postprocess
 from unet.units import scale_px
 from unet.predict.segmenter import predict_probabilities
+from unet.threads import ThreadGovernor
 from unet.transforms.batch import AugmentParams, augment_batch, fill_missing_sequences
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return None
 
 
+def _batch_loss(model: nn.Module, loss_fn: CombinedLoss, batch, device: torch.device, *, augment: AugmentParams,
+                amp: bool, channels_last: bool, generator: torch.Generator | None, missing_sequence_p: float):
+    """One batch on the device, augmented, through the network: (loss, its terms, batch size)."""
+    image, mask, weight = (t.to(device, non_blocking=True) for t in batch)
+    image, mask, weight = augment_batch(image, mask, weight, **asdict(augment), generator=generator)
+    image = fill_missing_sequences(image, missing_sequence_p, generator=generator)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    with autocast(device, amp):
+        logits = same_size_logits(model, image)  # (B, C, H, W)
+    parts = loss_fn.parts(logits.float(), mask, weight)
+    return sum(parts.values()), parts, image.shape[0]
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable,
@@ -94,8 +109,11 @@ def train_one_epoch(
     generator: torch.Generator | None = None,
     progress: bool = True,
     missing_sequence_p: float = 0.0,
+    threads: ThreadGovernor | None = None,
 ) -> dict[str, float]:
-    """One epoch; returns the mean loss (and its terms), images/s and the learning rate."""
+    """One epoch; returns the mean loss (and its terms), images/s and the learning rate.
+
+    ``threads``: the CPU thread count, looked at again after each step (``unet.threads``)."""
     model.train()
     totals: dict[str, torch.Tensor] = {}
     recent: list[torch.Tensor] = []  # losses not yet checked for NaN
@@ -104,16 +122,10 @@ def train_one_epoch(
     steps = getattr(batches, "steps", None)
     bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", unit="batch", disable=None if progress else True,
                leave=False, mininterval=1.0)
-    for step, (image, mask, weight) in enumerate(bar, start=1):
-        image, mask, weight = (t.to(device, non_blocking=True) for t in (image, mask, weight))
-        image, mask, weight = augment_batch(image, mask, weight, **asdict(augment), generator=generator)
-        image = fill_missing_sequences(image, missing_sequence_p, generator=generator)
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = same_size_logits(model, image)
-        parts = loss_fn.parts(logits.float(), mask, weight)
-        loss = sum(parts.values())
+    for step, batch in enumerate(bar, start=1):
+        loss, parts, size = _batch_loss(model, loss_fn, batch, device, augment=augment, amp=amp,
+                                        channels_last=channels_last, generator=generator,
+                                        missing_sequence_p=missing_sequence_p)
         recent.append(loss.detach())
         if len(recent) == check_every or step == steps:
             check_finite(recent, step - len(recent) + 1, epoch)
@@ -123,7 +135,9 @@ def train_one_epoch(
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        seen += image.shape[0]
+        if threads is not None:
+            threads.tick()
+        seen += size
         for name, value in {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()}}.items():
             totals[name] = totals.get(name, 0.0) + value.detach()  # on the device: no wait for the GPU a step
         if not bar.disable and (step % 10 == 0 or step == steps):
@@ -133,6 +147,8 @@ def train_one_epoch(
     elapsed = time.perf_counter() - started
     metrics = {name: float(total) / max(step, 1) for name, total in totals.items()}
     metrics.update(images_per_s=seen / elapsed, epoch_seconds=elapsed, lr=optimizer.param_groups[0]["lr"])
+    if threads is not None:
+        metrics["threads"] = threads.threads
     return metrics
 
 
@@ -172,16 +188,30 @@ def _step_scheduler(scheduler, val_dsc: float) -> None:
         scheduler.step()
 
 
+def postprocess_decision(metrics: dict[str, float]) -> dict[str, Any]:
+    """Keep only the largest 3-D component where that scores at least as well on the validation
+    volumes as the threshold alone (nnU-Net decides its post-processing so); recorded with the model."""
+    with_it, without = metrics["val_dsc"], metrics["val_dsc_no_postprocess"]
+    return {"largest_component": bool(with_it >= without), "val_dsc_largest_component": with_it,
+            "val_dsc_no_postprocess": without, "val_volumes": metrics["val_volumes"]}
+
+
+def shipped_score(metrics: dict[str, float]) -> float:
+    """The validation DSC of the model as it ships: under its own post-processing rule."""
+    return max(metrics["val_dsc"], metrics["val_dsc_no_postprocess"])
+
+
 def _save(net: nn.Module, optimizer, scheduler, config: TrainConfig, state: dict[str, Any],
-          metadata: dict[str, Any], improved: bool) -> None:
-    """The epoch's checkpoint (everything a resume needs); the best model alone when it improved."""
+          metadata: dict[str, Any], ship: bool) -> None:
+    """The epoch's checkpoint (everything a resume needs); the model alone (``best.pt``, the one the
+    pipeline evaluates and registers) when this epoch ships."""
     checkpoint = {
         "model": net.state_dict(), "model_config": net.config, "train_config": config.model_dump(mode="json"),
         "metadata": metadata, "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler else None, "rng": torch.get_rng_state(), **state,
     }
     save_checkpoint(config.checkpoint_path, checkpoint)
-    if improved:
+    if ship:
         save_checkpoint(config.best_path, {k: checkpoint[k] for k in BEST_KEYS})
 
 
@@ -200,8 +230,9 @@ def fit(
 ) -> dict[str, Any]:
     """Train for ``config.epochs`` epochs (continuing ``resume_state``); returns the final state.
 
-    Every epoch writes ``config.checkpoint_path``, and ``config.best_path`` when validation
-    improved (main process only). ``metadata`` (e.g. the preprocessing a model expects) goes into
+    Every epoch writes ``config.checkpoint_path``, and ``config.best_path`` when the epoch ships
+    (``train.select``: every epoch for ``last``, an improvement for ``best``), with its post-processing
+    rule decided on the validation volumes (``postprocess_decision``; main process only). ``metadata`` (e.g. the preprocessing a model expects) goes into
     every checkpoint as is.
     """
     net = unwrap(model)
@@ -212,6 +243,7 @@ def fit(
     augment = AugmentParams(scale=config.augment.scale, rotate_deg=config.augment.rotate_deg,
                             flip_p=config.augment.flip_p, elastic_sigma=scale_px(config.augment.elastic_sigma, size))
     generator = torch.Generator().manual_seed(config.seed + 1)  # augmentations draw on the CPU, any device
+    threads = ThreadGovernor(config.threads) if device.type == "cpu" else None
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "history": []}
     if resume_state is not None:
         state.update(_restore(net, optimizer, scheduler, generator, resume_state, config.seed))
@@ -219,22 +251,26 @@ def fit(
         metrics = train_one_epoch(
             model, batches, loss_fn, optimizer, device, epoch=epoch, augment=augment, amp=config.amp,
             grad_clip=config.grad_clip, channels_last=config.channels_last, generator=generator, progress=is_main,
-            missing_sequence_p=config.augment.missing_sequence_p,
+            missing_sequence_p=config.augment.missing_sequence_p, threads=threads,
         )
         metrics.update(validate(net, val_arrays, device, threshold=threshold, amp=config.amp))
         _step_scheduler(scheduler, metrics["val_dsc"])
-        improved = metrics["val_dsc"] > state["best_score"]
-        if improved:
-            state.update(best_score=metrics["val_dsc"], best_epoch=epoch)
+        # train.select: the last epoch ships (the schedule's end, as nnU-Net), or the best on validation
+        ship = config.select == "last" or shipped_score(metrics) > state["best_score"]
+        if ship:
+            state.update(best_score=shipped_score(metrics), best_epoch=epoch)
         state["epoch"] = epoch
         state["history"].append({"epoch": epoch, **metrics})
         if is_main:
-            _save(net, optimizer, scheduler, config, state, metadata or {}, improved)
+            _save(net, optimizer, scheduler, config, state,
+                  {**(metadata or {}), "postprocess": postprocess_decision(metrics)}, ship)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
         if config.early_stopping and epoch - state["best_epoch"] >= config.early_stopping:
             log.info("early stop at epoch %d: no better val DSC for %d epochs", epoch, config.early_stopping)
             break
+    if threads is not None:
+        state["threads"] = threads.describe()
     return state
 
 
@@ -252,7 +288,7 @@ def check_resumable(state: dict[str, Any], model_config: dict[str, Any], config:
             f"train.resume: the checkpoint's model {state['model_config']} differs from params' {model_config}; "
             "set train.resume: false to start afresh"
         )
-    ignored = {"epochs", "resume", "early_stopping", "workers"}
+    ignored = {"epochs", "resume", "early_stopping", "workers", "threads"}
     saved = {k: v for k, v in state["train_config"].items() if k not in ignored}
     current = {k: v for k, v in config.model_dump(mode="json").items() if k not in ignored}
     changed = sorted(k for k in current if saved.get(k) != current[k])

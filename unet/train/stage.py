@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from unet.config import PipelineConfig
-from unet.device import select_device
+from unet.device import cpu_kernels, precision, select_device
 from unet.io.atomic import atomic_file
 from unet.io.layout import read_manifest
 from unet.models.checkpoint import load_checkpoint
@@ -86,12 +86,15 @@ def make_batches(arrays: SliceArrays, config: PipelineConfig, device: torch.devi
     return CpuBatches(arrays, workers=cfg.workers, **args)
 
 
-def summarise(state: dict[str, Any], train_rows: int, device: torch.device, world: int) -> dict[str, Any]:
-    """``train.json``: the best epoch and its validation DSC at the network's grid, speed, where it ran."""
+def summarise(state: dict[str, Any], train_rows: int, device: torch.device, world: int, amp: bool) -> dict[str, Any]:
+    """``train.json``: the best epoch and its validation DSC at the network's grid, speed, where it ran
+    and how: the precision, the CPU kernels (``AVX512``, ``AVX2``) and threads."""
     history = state["history"]
     return {"best_val_dsc": state["best_score"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
             "train_rows": train_rows, "val_volumes": history[-1]["val_volumes"], "device": device.type,
-            "world_size": world,
+            "world_size": world, "precision": precision(device, amp),
+            "kernels": cpu_kernels() if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "threads": state.get("threads", "-"),
             # per process; all processes together train world_size times as many
             "images_per_s": sum(h["images_per_s"] for h in history) / len(history)}
 
@@ -125,7 +128,7 @@ def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
                 resume_state=state, on_epoch=report, is_main=rank == 0,
                 threshold=config.evaluate.threshold,
                 metadata={"preprocess": preprocess_metadata(config.prepare), "threshold": config.evaluate.threshold})
-    summary = summarise(final, len(train_arrays), device, world)
+    summary = summarise(final, len(train_arrays), device, world, cfg.amp)
     if rank == 0:
         with atomic_file(cfg.metrics_path, "w") as handle:
             json.dump(summary, handle, indent=2)
