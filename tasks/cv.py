@@ -44,7 +44,7 @@ def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[s
     client.log_artifact(run_id, str(config.cv.per_patient_path), "cv")
     manifest = read_manifest(config.prepare.manifest_path)
     info = mlflow_model.log_ensemble(run_id, stage.fold_checkpoints(config), mlflow_model.example_slices(manifest),
-                                     f"cv-ensemble-{run_id[:8]}")
+                                     f"cv-ensemble-{run_id[:8]}", rule=stage.ensemble_path(config))
     datasets = run_datasets(config)
     log_datasets(run_id, datasets, ["all"])  # every patient, each scored by the fold model that never saw it
     log_metrics(run_id, {f"cv_{k}": v for k, v in metrics.items()} | {ENSEMBLE_SCORE: metrics["dsc_mean"]},

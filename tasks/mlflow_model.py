@@ -57,11 +57,15 @@ def example_slices(manifest: pd.DataFrame, count: int = 4) -> np.ndarray:
     return np.stack([read_image(Path(p)) for p in rows["image_path"].iloc[start:start + count]])
 
 
-def log_ensemble(run_id: str, checkpoints: list[Path], input_example: np.ndarray, name: str) -> ModelInfo:
-    """The fold models as one pyfunc (``tasks/pyfunc_ensemble.py``), the same contract as ``log_model``'s."""
+def log_ensemble(run_id: str, checkpoints: list[Path], input_example: np.ndarray, name: str,
+                 rule: Path | None = None) -> ModelInfo:
+    """The fold models as one pyfunc (``tasks/pyfunc_ensemble.py``), the same contract as ``log_model``'s;
+    ``rule``: the ensemble's post-processing (the cv stage's ``ensemble.json``)."""
+    artifacts = {f"fold-{k:02d}": str(path) for k, path in enumerate(checkpoints)}
+    if rule is not None:
+        artifacts["ensemble"] = str(rule)
     return _log_pyfunc(run_id, name, python_model=str(PYFUNC_CODE.with_name("pyfunc_ensemble.py")),
-                       artifacts={f"fold-{k:02d}": str(path) for k, path in enumerate(checkpoints)},
-                       input_example=input_example)
+                       artifacts=artifacts, input_example=input_example)
 
 
 def log_model(run_id: str, checkpoint: Path, input_example: np.ndarray, name: str = "lgg-unet") -> ModelInfo:

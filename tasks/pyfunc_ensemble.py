@@ -2,12 +2,14 @@
 
 Same contract as the single model (``tasks/pyfunc_model.py``): one patient's raw slices
 (N, H, W, 3) uint8 in, a 0/1 mask (N, H, W) uint8 out. Inside: every fold model's probabilities
-on the input's grid, their mean, the threshold and the largest 3-D component
+on the input's grid, their mean, the threshold and, where the out-of-fold predictions scored better
+with it (the cv stage's ``ensemble.json``), the largest 3-D component
 (``unet.predict.ensemble.EnsembleSegmenter``). Needs only mlflow, numpy and the installed ``unet``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -24,7 +26,10 @@ class LggUnetEnsemble(mlflow.pyfunc.PythonModel):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         folds = sorted(name for name in context.artifacts if name.startswith("fold-"))
-        self.ensemble = EnsembleSegmenter.from_checkpoints([Path(context.artifacts[f]) for f in folds], device=device)
+        rule = context.artifacts.get("ensemble")  # decided on the out-of-fold predictions (the cv stage)
+        keep = json.loads(Path(rule).read_text())["largest_component"] if rule else None
+        self.ensemble = EnsembleSegmenter.from_checkpoints([Path(context.artifacts[f]) for f in folds], device=device,
+                                                           largest_component=keep)
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         from mlflow.exceptions import MlflowException

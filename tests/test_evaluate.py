@@ -50,7 +50,8 @@ def test_split_metrics_are_flat_and_json_safe(prepared):
     for _, rows in manifest.groupby("array_dir"):
         results.append(evaluate_patient(Segmenter(FlairOracle(), image_size=config.image_size), rows))
     results[0].prediction[:] = 0  # one patient with nothing predicted: precision undefined there
-    results[0].scores = {**volume_scores(results[0].prediction, results[0].truth), "dsc_no_postprocess": 0.0}
+    results[0].scores = {**volume_scores(results[0].prediction, results[0].truth), "dsc_no_postprocess": 0.0,
+                           "dsc_largest_component": 0.0}
     metrics = split_metrics(results)
     assert metrics["n_volumes"] == 4
     assert metrics["precision_excluded"] == {"pred_empty": 1}

@@ -34,7 +34,7 @@ from unet.train import stage as train_stage
 
 log = logging.getLogger(__name__)
 
-FOLD_FILE, SCORES_FILE = "fold.json", "scores.csv"
+FOLD_FILE, SCORES_FILE, ENSEMBLE_FILE = "fold.json", "scores.csv", "ensemble.json"
 SCORES = ("dsc", "dsc_no_postprocess", "iou", "precision", "recall", "hd95", "avd_relative")
 
 
@@ -133,12 +133,30 @@ def fold_checkpoints(config: PipelineConfig) -> list[Path]:
     return [fold_config(config, k).train.best_path for k in range(config.cv.folds)]
 
 
+def ensemble_rule(table: pd.DataFrame) -> dict[str, Any]:
+    """The fold ensemble's post-processing, decided on every out-of-fold prediction: keep only the
+    largest 3-D component where that scores at least as well as the threshold alone."""
+    with_it, without = float(table["dsc_largest_component"].mean()), float(table["dsc_no_postprocess"].mean())
+    return {"largest_component": with_it >= without, "oof_dsc_largest_component": with_it,
+            "oof_dsc_no_postprocess": without, "patients": int(len(table))}
+
+
+def ensemble_path(config: PipelineConfig) -> Path:
+    """``ensemble.json``: the ensemble's rule, beside the folds (the logged ensemble carries it)."""
+    return config.cv.out_dir / ENSEMBLE_FILE
+
+
+def read_ensemble_rule(path: Path) -> bool | None:
+    """The rule ``ensemble.json`` records; None when there is none (an ensemble of older folds)."""
+    return json.loads(Path(path).read_text())["largest_component"] if Path(path).is_file() else None
+
+
 def score_holdout(config: PipelineConfig, held_out: pd.DataFrame) -> dict[str, Any]:
     """Each fold model alone and their ensemble on patients no fold saw: per-volume DSC means."""
     device = select_device(config.train.device)
     models = [Segmenter.from_checkpoint(p, device=device, threshold=config.evaluate.threshold)
               for p in fold_checkpoints(config)]
-    ensemble = EnsembleSegmenter(models, config.evaluate.threshold)
+    ensemble = EnsembleSegmenter(models, config.evaluate.threshold, bool(read_ensemble_rule(ensemble_path(config))))
     patients = [rows for _, rows in held_out.groupby("patient", sort=True)]
     singles = [float(np.mean([evaluate_patient(m, rows).scores["dsc"] for rows in patients])) for m in models]
     together = [evaluate_patient(ensemble, rows).scores["dsc"] for rows in patients]
@@ -161,6 +179,9 @@ def cross_validate(config: PipelineConfig, fold_runner: Callable = run_fold) -> 
         raise AssertionError("every patient must be predicted exactly once out of fold")
     gather_predictions(config)
     metrics = summarise(table, config.cv.folds)
+    metrics["ensemble_postprocess"] = ensemble_rule(table)
+    with atomic_file(ensemble_path(config), "w") as handle:
+        json.dump(metrics["ensemble_postprocess"], handle, indent=2)
     if config.cv.holdout_test:
         metrics["holdout"] = score_holdout(config, manifest[manifest["split"] == "test"])
     write_outputs(config, table, metrics)

@@ -54,7 +54,7 @@ class PredictOptions:
     device: str = "auto"
     tta: bool = False
     threshold: float | None = None  # None: the checkpoint's own
-    largest_component: bool = True
+    largest_component: bool | None = None  # None: the checkpoint's rule (decided on its validation volumes)
     all_overlays: bool = False
     overwrite: bool = False  # replace an earlier lgg-predict result in --output
     flair_series: str | None = None  # DICOM: SeriesNumber, SeriesInstanceUID or description substring
@@ -118,7 +118,8 @@ def summarise(scan: Scan, mask: np.ndarray, segmenter: Segmenter, options: Predi
         "device": str(segmenter.device),
         "tta": segmenter.tta,
         "threshold": segmenter.threshold,
-        "largest_component": options.largest_component,
+        "largest_component": segmenter.largest_component if options.largest_component is None
+        else options.largest_component,
         "shape": [int(mask.shape[1]), int(mask.shape[2]), int(mask.shape[0])],  # NIfTI (H, W, S)
         "spacing_mm": list(scan.spacing) if scan.has_geometry else None,
         "slices": int(len(mask)),
@@ -154,7 +155,7 @@ def write_bids(options: PredictOptions, scan: Scan, mask: np.ndarray, segmenter:
         sources=[str(p) for p in scan.sources], header=scan.header, threshold=segmenter.threshold,
         model={"path": summary["model"]["path"], "sha256": summary["model"]["sha256"],
                "config": summary["model"]["config"], "image_size": segmenter.image_size},
-        extra={"LargestComponent": options.largest_component, "TTA": segmenter.tta, "InputKind": scan.kind})
+        extra={"LargestComponent": summary["largest_component"], "TTA": segmenter.tta, "InputKind": scan.kind})
     return files.mask
 
 
@@ -252,8 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=_threshold, default=None, metavar="P",
                         help="a voxel is tumour when its probability exceeds P, in (0, 1) "
                              "(default: the checkpoint's, 0.5 for the reference recipe)")
-    parser.add_argument("--no-largest-component", dest="largest_component", action="store_false",
-                        help="keep every predicted region, not only the largest 3-D connected one")
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument("--largest-component", dest="largest_component", action="store_const", const=True,
+                      default=None, help="keep only the largest 3-D connected region (default: what the model's "
+                                         "training decided on its validation volumes)")
+    keep.add_argument("--no-largest-component", dest="largest_component", action="store_const", const=False,
+                      help="keep every predicted region, not only the largest 3-D connected one")
     parser.add_argument("--all-overlays", action="store_true",
                         help=f"one overlay a slice, not only the {N_OVERLAYS} slices with the most tumour")
     dicom = parser.add_argument_group("DICOM input (--input FOLDER holding one study's DICOM files)")

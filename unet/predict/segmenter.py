@@ -4,7 +4,8 @@
 preprocesses the volume exactly as the checkpoint's training data was (``metadata["preprocess"]``
 in the checkpoint), predicts every slice (optionally averaged with its horizontal flip), maps the
 probabilities back to the input's (S, H, W) grid, then thresholds and keeps the largest 3-D
-component (the reference protocol). The evaluate stage, ``lgg-predict`` and the MLflow model all
+component (the reference protocol) where the checkpoint says its validation volumes scored better
+with it (``postprocess_rule``). The evaluate stage, ``lgg-predict`` and the MLflow model all
 go through it, so the number evaluated is the model shipped. Nothing here imports training code.
 """
 
@@ -80,6 +81,9 @@ class Segmenter:
     tta: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = DEVICE_BATCH
+    # keep only the largest 3-D component: the reference's protocol; a checkpoint records whether its
+    # validation volumes scored better with it (``postprocess_rule``)
+    largest_component: bool = True
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, device: str | torch.device = "cpu", tta: bool = False,
@@ -98,7 +102,8 @@ class Segmenter:
             segmenter = cls(model, pre["image_size"], pre["crop_threshold"], tuple(pre["clip_percentiles"]),
                             # checkpoints from before the reference statistics took them over every slice
                             pre.get("statistics", "all"),
-                            meta.get("threshold", 0.5) if threshold is None else threshold, tta, device)
+                            meta.get("threshold", 0.5) if threshold is None else threshold, tta, device,
+                            largest_component=postprocess_rule(meta))
         except (RuntimeError, KeyError, TypeError) as exc:  # weights that do not fit the config, odd metadata
             raise InputError(f"{path}: the checkpoint does not rebuild an lgg-unet model "
                              f"({type(exc).__name__}: {exc})") from None
@@ -122,13 +127,21 @@ class Segmenter:
         probs = predict_prepared(self.model, prepared, self.device, tta=self.tta, batch_size=self.batch_size)
         return np.clip(to_original(probs, geometry, order=1), 0.0, 1.0)
 
-    def mask(self, probabilities: np.ndarray, *, largest_component: bool = True) -> np.ndarray:
-        """Binary mask (S, H, W) uint8 0/1 from ``probabilities``: threshold, then the largest 3-D component."""
-        return postprocess(probabilities, threshold=self.threshold, largest_component=largest_component)
+    def mask(self, probabilities: np.ndarray, *, largest_component: bool | None = None) -> np.ndarray:
+        """Binary mask (S, H, W) uint8 0/1 from ``probabilities``: threshold, then the largest 3-D
+        component where the model's rule says so (``largest_component`` overrides it)."""
+        keep = self.largest_component if largest_component is None else largest_component
+        return postprocess(probabilities, threshold=self.threshold, largest_component=keep)
 
-    def segment(self, images: np.ndarray, *, largest_component: bool = True) -> np.ndarray:
+    def segment(self, images: np.ndarray, *, largest_component: bool | None = None) -> np.ndarray:
         """Raw slices in, binary mask (S, H, W) uint8 0/1 out."""
         return self.mask(self.probabilities(images), largest_component=largest_component)
+
+
+def postprocess_rule(metadata: dict[str, Any]) -> bool:
+    """Whether a checkpoint's masks keep only the largest 3-D component: what its training decided
+    on the validation volumes (``metadata["postprocess"]``); checkpoints from before: yes."""
+    return bool(metadata.get("postprocess", {}).get("largest_component", True))
 
 
 def check_slices(images: np.ndarray) -> None:
