@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Prefect's and DVC's analytics are off in flows/__init__.py (every stage imports it; so does the
-# Prefect server `make ui` starts, python -m flows.server); plain dvc commands read .dvc/config's
+# project's Prefect server, python -m flows.server); plain dvc commands read .dvc/config's
 # core.analytics = false.
 
-.PHONY: install test demo clean ui ui-stop serve
+.PHONY: install test demo clean ui ui-stop serve server-stop
 
 install: $(STAMP)
 
@@ -23,21 +23,16 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# One Prefect server for the whole run (a stage without PREFECT_API_URL starts its own, ~10 s each);
-# a server you already point PREFECT_API_URL at (make ui) is used instead.
+# The first stage starts the project's Prefect server (tasks/project_server.py) and the others reuse
+# it; it stops by itself after 15 idle minutes, or with `make server-stop`. A server you point
+# PREFECT_API_URL at is used instead.
 demo: $(STAMP)
-	@start=$$(date +%s); server=; \
-	if [ -z "$$PREFECT_API_URL" ]; then \
-		port=$$($(BIN)/python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"); \
-		mkdir -p .prefect; \
-		$(SETSID) $(BIN)/python -m flows.server --port $$port > .prefect/demo-server.log 2>&1 < /dev/null & server=$$!; \
-		export PREFECT_API_URL=http://127.0.0.1:$$port/api; \
-		for i in $$(seq 240); do $(call ANSWERS,http://127.0.0.1:$$port/api/health) && break; sleep 0.5; done; \
-	fi; \
-	$(BIN)/dvc repro && PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) $(BIN)/python -m flows.summary; \
-	rc=$$?; \
-	if [ -n "$$server" ]; then kill -TERM -- -$$server 2>/dev/null || kill -TERM $$server; fi; \
-	echo "pipeline finished in $$(( $$(date +%s) - start )) s"; exit $$rc
+	@start=$$(date +%s); \
+	$(BIN)/dvc repro && MLFLOW_PORT=$(MLFLOW_PORT) $(BIN)/python -m flows summary; \
+	rc=$$?; echo "pipeline finished in $$(( $$(date +%s) - start )) s"; exit $$rc
+
+server-stop:
+	$(BIN)/python -m flows.server stop
 
 clean:
 	rm -rf data models mlruns mlartifacts mlflow.db dvc-storage
@@ -76,20 +71,18 @@ endef
 
 ui: $(STAMP)
 	@mkdir -p $(UI_DIR) && echo '*' > $(UI_DIR)/.gitignore
-	$(call ui_start,prefect,$(PREFECT_UI)/api/health,$(BIN)/python -m flows.server --port $(PREFECT_PORT))
+	@$(BIN)/python -m flows.server start --keep --port $(PREFECT_PORT)
 	$(call ui_start,mlflow,$(MLFLOW_UI)/health,env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
 		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--artifacts-destination $(CURDIR)/mlartifacts)
-	$(call ui_wait,prefect,$(PREFECT_UI)/api/health)
 	$(call ui_wait,mlflow,$(MLFLOW_UI)/health)
 	@echo
-	@echo "Prefect UI: $(PREFECT_UI)    MLflow UI: $(MLFLOW_UI)"
-	@echo "In your shell, so that stages and runs report to this server (no temporary server a stage):"
-	@echo "    export PREFECT_API_URL=$(PREFECT_UI)/api"
-	@echo "Then: make serve (deployments you start from the UI); make ui-stop ends both servers."
+	@echo "MLflow UI: $(MLFLOW_UI); the Prefect UI is the project's server above (the stages report to it"
+	@echo "without PREFECT_API_URL). Then: make serve (deployments you start from the UI); make ui-stop ends both."
 
 ui-stop:
-	@for name in prefect mlflow; do \
+	@$(BIN)/python -m flows.server stop
+	@for name in mlflow; do \
 		if [ -f $(UI_DIR)/$$name.pid ]; then \
 			pid=$$(cat $(UI_DIR)/$$name.pid); \
 			kill -TERM -- -$$pid 2>/dev/null || kill -TERM $$pid 2>/dev/null || true; \
@@ -101,7 +94,7 @@ ui-stop:
 
 # the deployments (flows/deploy.py): runs started from the UI execute here, one at a time
 serve: $(STAMP)
-	PREFECT_API_URL=$${PREFECT_API_URL:-$(PREFECT_UI)/api} $(BIN)/python -m flows.deploy
+	$(BIN)/python -m flows.deploy
 
 # --- the GPU check (benchmarks/README.md, "GPU check"): every GPU figure in one run that stops itself
 # inside 420 s, on the GPU machine's own torch (no install step: it would pull torch). Rehearse it on a

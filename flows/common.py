@@ -5,27 +5,45 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
+from tasks import project_server
 from unet.config import PipelineConfig, load_config
 from unet.errors import UserError
+from unet.inputs import check_inputs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def stage_main(flow: Callable[[PipelineConfig], object], description: str, argv: list[str] | None = None) -> int:
-    """Run ``flow(config)`` as a command: ``python -m flows.<stage> [--params params.yaml]``.
+def stage_main(run: Callable[[PipelineConfig], object], description: str, argv: list[str] | None = None,
+               *, prefect: bool = True) -> int:
+    """``python -m flows.<stage> [--params params.yaml]``: ``run_stage`` for the module's ``run``."""
+    return run_stage(run.__module__.rsplit(".", 1)[-1], lambda: run, description, argv, prefect=prefect)
 
-    A ``UserError`` (a bad params value or raw file, missing credentials, a stage to run first)
-    prints its message alone and exits 1; any other exception is a bug and keeps its traceback.
+
+def run_stage(stage: str, load: Callable[[], Callable[[PipelineConfig], object]], description: str,
+              argv: list[str] | None = None, *, prefect: bool = True) -> int:
+    """A stage as a command: params, then the stage's inputs, then a Prefect server, then ``load()(config)``.
+
+    The checks come first and need neither Prefect nor torch, so a mistake is one line at once
+    (``python -m flows <stage>`` loads the stage's code only after them). A ``UserError`` (a bad
+    params value or raw file, missing credentials, a stage to run first) prints its message alone
+    and exits 1; any other exception is a bug and keeps its traceback. ``prefect``: False for a
+    command that starts no flow run (the demo's summary).
     """
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(prog=f"python -m flows {stage}", description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     logging.getLogger("unet").setLevel(logging.INFO)  # shown through Prefect's handlers (flows/__init__.py)
     try:
         config = load_config(args.params)
-        flow(config)
+        check_inputs(stage, config, os.environ)
+        with project_server.reporting(code_dir=REPO) if prefect else nullcontext():
+            load()(config)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

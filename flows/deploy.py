@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.pipeline import pipeline_flow
+from flows.pipeline import REPO, pipeline_flow
+from tasks import project_server
 from tasks.server import check_server
 from unet.errors import InputError, UserError
 
@@ -56,15 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=1, help="runs at a time (default 1: one DVC workspace)")
     args = parser.parse_args(argv)
     from prefect import serve
-    from prefect.settings import PREFECT_API_URL
 
     try:
-        check_server(PREFECT_API_URL.value())
-        served = deployments(args.only)
+        with project_server.reporting(code_dir=REPO) as url:  # PREFECT_API_URL, else the project's server
+            check_server(url)
+            served = deployments(args.only)
+            serve(*served, limit=args.limit)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    serve(*served, limit=args.limit)
     return 0
 
 

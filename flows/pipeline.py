@@ -4,7 +4,6 @@
 in this repository: the experiment runs in a copy, the workspace stays as it is until ``dvc exp
 apply NAME``; no parameter names a folder, a store or a command, and every one is checked against
 the typed config first (``tasks.experiment``). ``python -m flows.pipeline`` runs in the workspace:
-
     python -m flows.pipeline -S train.epochs=3 --name short-run     # or --temp, or --repro augment
 """
 
@@ -16,7 +15,7 @@ from typing import Literal
 
 from prefect import flow
 
-from tasks import experiment
+from tasks import experiment, project_server
 from tasks.overrides import validate_overrides
 from unet.errors import UserError
 
@@ -69,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = experiment.parse_cli(argv, __doc__)
     try:
         validate_overrides(REPO / "params.yaml", args["overrides"])  # before a Prefect run starts
-        workspace_flow(**args)
+        with project_server.reporting(code_dir=REPO):  # PREFECT_API_URL, else the project's server
+            workspace_flow(**args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,12 @@
-"""``make ui``'s Prefect server: ``python -m flows.server [--port 4200]`` (see ``tasks.server``)."""
+"""The project's Prefect server (``tasks.project_server``; locked down as ``tasks.server`` says).
+
+    python -m flows.server start [--port 4200] [--keep]   # unless it runs; prints its UI and API
+    python -m flows.server status
+    python -m flows.server stop
+    python -m flows.server run --port P --home DIR --idle-minutes N   # the supervisor ``start`` spawns
+    python -m flows.server [--port 4200] [--home DIR]     # a server in the foreground, nothing else
+A stage without ``PREFECT_API_URL`` starts the server itself; ``make ui`` runs ``start --keep``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +15,39 @@ import os
 import sys
 from pathlib import Path
 
+from tasks import project_server
 from tasks.server import server_command, server_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def home() -> Path:  # <project>/.prefect, or PREFECT_HOME
+    return project_server.project_home(Path.cwd(), os.environ)
+
+
+def start(args: argparse.Namespace) -> int:
+    project_server.ensure(home(), code_dir=REPO, port=args.port, keep=args.keep, client=False,
+                          say=lambda line: print(line, file=sys.stderr))
+    return status(args)
+
+
+def status(_: argparse.Namespace) -> int:
+    print(project_server.describe(home()))
+    return 0 if project_server.running(home()) else 1
+
+
+def stop(_: argparse.Namespace) -> int:
+    print("stopped the project's Prefect server" if project_server.stop(home())
+          else f"no project Prefect server ran (home {home()})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return project_server.supervise(args.home, args.port, idle_minutes=args.idle_minutes)
+
+
+def foreground(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--home", type=Path, default=REPO / ".prefect", help="PREFECT_HOME (default: .prefect/)")
     args = parser.parse_args(argv)
@@ -22,5 +56,25 @@ def main(argv: list[str] | None = None) -> None:
     os.execve(command[0], command, server_environment(args.port, args.home))
 
 
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("start", "status", "stop", "run"):
+        foreground(argv)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    begin = commands.add_parser("start", help="start the project's server unless it runs")
+    begin.add_argument("--port", type=int, default=None, help="start on this port when it is free")
+    begin.add_argument("--keep", action="store_true", help="never stop when idle (until `stop`)")
+    commands.add_parser("status", help="where the project's server runs")
+    commands.add_parser("stop", help="stop the project's server")
+    supervisor = commands.add_parser("run", help="the supervisor that `start` spawns")
+    supervisor.add_argument("--port", type=int, required=True)
+    supervisor.add_argument("--home", type=Path, required=True)
+    supervisor.add_argument("--idle-minutes", type=float, default=project_server.IDLE_MINUTES)
+    args = parser.parse_args(argv)
+    return {"start": start, "status": status, "stop": stop, "run": run}[args.command](args)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from flows.common import stage_main
+from tasks import project_server
 from tasks.tracking import tracking_uri
 from unet.config import PipelineConfig
 from unet.io.layout import read_summary
@@ -23,12 +25,16 @@ def run(config: PipelineConfig) -> dict:
     print(f"registry: {registry['model_name']} version {registry['version']}: {registry['decision']}; "
           f"champion is version {registry['champion_version']}")
     print(f"MLflow store: {tracking_uri(config.mlflow)}")
-    prefect, mlflow_port = os.environ.get("PREFECT_PORT", "4200"), os.environ.get("MLFLOW_PORT", "5000")
-    print(f"UIs: make ui, then Prefect http://127.0.0.1:{prefect} and MLflow http://127.0.0.1:{mlflow_port}; "
+    print(project_server.describe(project_server.project_home(Path.cwd(), os.environ)))
+    print(f"MLflow UI: make ui, then http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}; "
           "curves: dvc plots show (reports/*.png offline)")
     print(f"use it: mlflow.pyfunc.load_model('models:/{registry['model_name']}@champion').predict(slices)")
     return registry
 
 
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, __doc__, argv, prefect=False)  # reads files, starts no flow run
+
+
 if __name__ == "__main__":
-    sys.exit(stage_main(run, __doc__))
+    sys.exit(main())

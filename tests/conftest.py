@@ -12,7 +12,8 @@ import pytest
 import tifffile
 
 # Prefect keeps its state under PREFECT_HOME: give the test session its own, before prefect imports.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
+SESSION_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="prefect-home-"))
+os.environ["PREFECT_HOME"] = str(SESSION_PREFECT_HOME)
 import flows  # noqa: E402,F401  (switches off Prefect's and DVC's analytics, for this process and its children)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # every MLflow run of the test session goes to a throw-away store, never the repo's mlflow.db
@@ -132,12 +133,25 @@ def raw_tree(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_api() -> str:
-    """One Prefect test server for the whole session; yields its API URL for subprocesses too."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+    """One real Prefect server for the whole session: the project's server (``tasks.project_server``)
+    in the session's PREFECT_HOME, waited for however long a busy machine takes to start it (no
+    start-up limit to miss); yields its API URL, which this process uses and subprocesses are given."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness():
-        yield PREFECT_API_URL.value()
+    from tasks import project_server
+
+    server = project_server.ensure(SESSION_PREFECT_HOME, code_dir=REPO, keep=True, client=False)
+    with temporary_settings(updates={PREFECT_API_URL: server.url}):
+        yield server.url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_server_stopped():
+    """The session's Prefect server (the fixture's, or one a stage subprocess started) ends with it."""
+    yield
+    from tasks import project_server
+
+    project_server.stop(SESSION_PREFECT_HOME)
 
 
 # Tests that start a Prefect server, run stages or DVC, or spawn Python processes: `make test` runs

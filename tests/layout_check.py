@@ -188,16 +188,26 @@ def stage_deps(stage: dict, params: dict | None = None) -> list[str]:
     return deps
 
 
-def command_module(cmd) -> str | None:
-    """``flows.train`` from ``python -m flows.train`` (or the module of ``python flows/train.py``)."""
+def command_modules(cmd) -> list[str]:
+    """The modules a stage's command runs: ``flows.train`` from ``python -m flows.train``;
+    ``flows.__main__`` and ``flows.train`` from ``python -m flows train`` (the runner imports the
+    stage's module by name, which no import statement shows); the module of ``python flows/train.py``."""
     for line in [cmd] if isinstance(cmd, str) else list(cmd or []):
         words = shlex.split(line)
         for n, word in enumerate(words):
             if word == "-m" and n + 1 < len(words):
-                return words[n + 1]
+                if words[n + 1] in PACKAGES and n + 2 < len(words) and not words[n + 2].startswith("-"):
+                    return [f"{words[n + 1]}.__main__", f"{words[n + 1]}.{words[n + 2]}"]
+                return [words[n + 1]]
             if word.endswith(".py") and "/" in word:
-                return module_name(normalise(word))
-    return None
+                return [module_name(normalise(word))]
+    return []
+
+
+def command_files(root: Path, cmd) -> list[str] | None:
+    """The repository files of ``command_modules``; None when one of them is not in the repository."""
+    files = [module_file(root, module) for module in command_modules(cmd)]
+    return files if files and all(files) else None
 
 
 @dataclass(frozen=True)
@@ -219,13 +229,12 @@ def missing_code_deps(dvc: dict, root: Path, params: dict | None = None,
     """
     report = {}
     for name, stage in (dvc.get("stages") or {}).items():
-        module = command_module(stage.get("cmd"))
-        start = module_file(root, module) if module else None
+        start = command_files(root, stage.get("cmd"))
         if start is None:
             report[name] = [Missing(name, f"<no project module in cmd {stage.get('cmd')!r}>", "dvc.yaml")]
             continue
         deps = stage_deps(stage, params)
-        reached = closure(root, [start], packages)
+        reached = closure(root, start, packages)
         missing = [Missing(name, file, edge.importer if edge else "the stage's cmd")
                    for file, edge in sorted(reached.items())
                    if not file.endswith("__init__.py") and file not in allowed

@@ -43,7 +43,7 @@ def test_a_user_mistake_prints_its_message_alone(error, tmp_path, capsys):
         raise error
 
     assert isinstance(error, UserError)
-    assert stage_main(flow, "test", ["--params", str(params_file(tmp_path))]) == 1
+    assert stage_main(flow, "test", ["--params", str(params_file(tmp_path))], prefect=False) == 1
     err = capsys.readouterr().err
     assert err == f"error: {error}\n" and "Traceback" not in err
 
@@ -54,7 +54,7 @@ def test_a_bug_keeps_its_traceback(error, tmp_path):
         raise error
 
     with pytest.raises(type(error)) as raised:
-        stage_main(flow, "test", ["--params", str(params_file(tmp_path))])
+        stage_main(flow, "test", ["--params", str(params_file(tmp_path))], prefect=False)
     assert raised.value is error and raised.traceback  # not turned into a one-line message
 
 

@@ -65,7 +65,7 @@ def test_stage_code_deps_exist():
 def removable_dep(stage: str) -> str | None:
     """A file dep of ``stage`` that its command imports, covered by nothing else; one it reaches
     only through other files where there is one (the stage's own flow file otherwise)."""
-    reached = lc.closure(REPO, [lc.module_file(REPO, lc.command_module(DVC["stages"][stage]["cmd"]))])
+    reached = lc.closure(REPO, lc.command_files(REPO, DVC["stages"][stage]["cmd"]))
     deps = lc.stage_deps(DVC["stages"][stage], PARAMS)
     candidates = [dep for dep in deps if dep in reached and dep not in lc.ALLOWED_UNLISTED
                   and not any(lc.under(dep, other) for other in deps if other != dep)]

@@ -25,3 +25,8 @@ class MissingInputError(UserError, FileNotFoundError, ValueError):
 
 class EnvironmentMismatch(UserError, RuntimeError):
     """The machine lacks what the params ask for (a CUDA device, an optional package)."""
+
+
+def missing_input(path: object, stage: str, what: str = "missing") -> MissingInputError:
+    """``<path>: missing; run the <stage> stage first (dvc repro <stage>)``: one wording everywhere."""
+    return MissingInputError(f"{path}: {what}; run the {stage} stage first (dvc repro {stage})")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
+from unet.download.credentials import KaggleCredentialsError, credentials_help
 from unet.errors import InputError, MissingInputError, UserError
 from unet.io.atomic import atomic_dir
 
@@ -32,10 +33,6 @@ PATIENT_PREFIX = "TCGA_"
 MAX_SEARCH_DEPTH = 4
 _DATASET_REF = re.compile(r"^[\w.-]+/[\w.-]+(/versions/\d+)?$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-class KaggleCredentialsError(UserError, RuntimeError):
-    """No usable Kaggle credentials: the user has to set some up (never retried)."""
 
 
 class DownloadError(UserError, RuntimeError):
@@ -212,16 +209,6 @@ def use_local(folder: Path, dest: Path, *, copy: bool = True) -> Path:
 # ---------------------------------------------------------------- Kaggle API
 
 
-def _credentials_help(config_file: str) -> str:
-    return (
-        "no Kaggle credentials found. Set one of: the KAGGLE_API_TOKEN environment variable (a token "
-        "from https://www.kaggle.com/settings/api); the file ~/.kaggle/kaggle.json (read here from "
-        f'{config_file}, or set KAGGLE_CONFIG_DIR) holding {{"username": ..., "key": ...}}; or the '
-        "KAGGLE_USERNAME and KAGGLE_KEY environment variables. Without an account, download the zip "
-        "by hand and use data.source 'archive'"
-    )
-
-
 @functools.cache
 def _kaggle_api_class() -> type:
     """KaggleApi whose client honours KAGGLE_API_ENVIRONMENT, as kagglesdk's own client does.
@@ -288,7 +275,7 @@ def _authenticated_api() -> object:
         try:
             api.authenticate()
         except SystemExit:
-            raise KaggleCredentialsError(_credentials_help(api.config)) from None
+            raise KaggleCredentialsError(credentials_help(api.config)) from None
     return api
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from unet.errors import MissingInputError
+from unet.errors import missing_input
 
 ARRAYS = "arrays"
 NIFTI = "nifti"
@@ -52,7 +52,7 @@ def _save(path: Path, array: np.ndarray) -> int:
 
 def _load(path: Path, mmap: bool, stage: str) -> np.ndarray:
     if not path.is_file():
-        raise MissingInputError(f"{path}: missing; run the {stage} stage first (dvc repro {stage})")
+        raise missing_input(path, stage)
     return np.load(path, mmap_mode="r" if mmap else None)
 
 
@@ -73,7 +73,7 @@ def load_patient_arrays(out_dir: Path, folder: str, *, mmap: bool = True) -> tup
 def read_manifest(path: Path) -> pd.DataFrame:
     """The prepare stage's manifest; a clear error when that stage has not run."""
     if not Path(path).is_file():
-        raise MissingInputError(f"{path}: no manifest; run the prepare stage first (dvc repro prepare)")
+        raise missing_input(path, "prepare", "no manifest")
     return pd.read_parquet(path)
 
 
@@ -120,7 +120,7 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 def read_summary(path: Path, stage: str) -> dict[str, Any]:
     """A stage's JSON summary (``weightmaps.json``, ``augment.json``, ``train.json`` ...)."""
     if not Path(path).is_file():
-        raise MissingInputError(f"{path}: missing; run the {stage} stage first (dvc repro {stage})")
+        raise missing_input(path, stage)
     return json.loads(Path(path).read_text())
 
 def json_safe(value: Any) -> Any:

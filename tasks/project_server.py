@@ -1,0 +1,345 @@
+"""The project's own Prefect server: the first stage that needs one starts it, the next ones reuse it.
+
+Without ``PREFECT_API_URL`` every Prefect process starts a temporary server of its own: 8-20 s a
+stage, and on a busy machine it misses Prefect's start-up limit and the stage dies. Instead the
+stages, the pipeline flow, ``make serve`` and the tests share one server a project, whose files
+live in the project's Prefect home (``<project>/.prefect/``, or ``PREFECT_HOME`` when set):
+
+    server.json     pid (of the supervisor, ``python -m flows.server run``), port and API URL
+    server.lock     held while a process looks for the server or starts it: stages started at
+                    once start one server, not three
+    server.log      what the server printed
+    clients/<pid>   one file a process using the server; the supervisor stops the server when no
+                    client is left and none came for ``idle_minutes`` (never while ``server.keep``
+                    exists: ``make ui``)
+
+Two clones have two homes, so two servers on two free ports: they do not clash. A DVC experiment's
+temporary copy (``.dvc/tmp/exps/...``) uses the server of the repository it was copied from.
+Nothing here imports Prefect: a stage finds its server before it pays for that import.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tasks.server import HOST, answers, server_command, server_environment
+from unet.errors import EnvironmentMismatch
+
+STATE, LOCK, LOG, CLIENTS, KEEP = "server.json", "server.lock", "server.log", "clients", "server.keep"
+LAST_CLIENT = ".last"  # touched when a client leaves: the idle time counts from then
+IDLE_MINUTES = 15
+START_WAIT_S = 900  # a stage waits this long for a server that is still starting (a busy machine: minutes)
+SAY_EVERY_S = 10
+STARTS = 3  # another process may take the free port first: try that many ports
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Server:
+    pid: int
+    port: int
+    started: float
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/api"
+
+    @property
+    def ui(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+# ---------------------------------------------------------------- where
+
+def project_root(start: Path) -> Path:
+    """The repository a stage runs in: the nearest folder with ``dvc.yaml``; a DVC experiment's
+    temporary copy (``<repo>/.dvc/tmp/exps/<run>/``) is taken as the repository it was copied from."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if folder.name == "exps" and folder.parent.name == "tmp" and folder.parent.parent.name == ".dvc":
+            return folder.parent.parent.parent
+    return next((f for f in (start, *start.parents) if (f / "dvc.yaml").is_file()), start)
+
+
+def project_home(cwd: Path, environ: Mapping[str, str]) -> Path:
+    """Where the project's server keeps its database and these files: ``PREFECT_HOME`` when set."""
+    if home := environ.get("PREFECT_HOME"):
+        return Path(home).expanduser().resolve()
+    return project_root(cwd) / ".prefect"
+
+
+# ---------------------------------------------------------------- state
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: not ours
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return not cmdline.exists() or b"flows.server" in cmdline.read_bytes()  # a reused pid is not our server
+
+
+def running(home: Path) -> Server | None:
+    """The server ``server.json`` names, if its supervisor still runs (it may still be starting)."""
+    try:
+        server = Server(**json.loads((home / STATE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return server if _alive(server.pid) else None
+
+
+def clients(home: Path) -> list[int]:
+    """The processes that use the server now; files of processes that ended are removed."""
+    live = []
+    for path in (home / CLIENTS).glob("[0-9]*"):
+        pid = int(path.name)
+        try:
+            os.kill(pid, 0)
+            live.append(pid)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            live.append(pid)
+    return live
+
+
+def register_client(home: Path) -> None:
+    """Count this process as a client until it exits (a killed one is noticed by its pid)."""
+    folder = home / CLIENTS
+    folder.mkdir(parents=True, exist_ok=True)
+    mine = folder / str(os.getpid())
+    mine.touch()
+
+    def leave() -> None:
+        mine.unlink(missing_ok=True)
+        (folder / LAST_CLIENT).touch()
+
+    atexit.register(leave)
+
+
+@contextmanager
+def locked(home: Path, say: Say, what: str) -> Iterator[None]:
+    """``server.lock`` held: one process at a time looks for, starts or stops the server."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOCK, "a") as handle:
+        waited, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told and time.monotonic() - waited > 1:
+                    say(f"waiting for another process of this project to {what} ({home / LOCK})")
+                    told = True
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def describe(home: Path) -> str:
+    """One line: where the project's server runs, its clients, whether it stops when idle."""
+    server = running(home)
+    if server is None:
+        return f"no project Prefect server runs (home {home})"
+    kept = "kept until `python -m flows.server stop`" if (home / KEEP).exists() else "stops when idle"
+    return (f"Prefect UI {server.ui}  API {server.url}  (pid {server.pid}, {len(clients(home))} client(s) now, "
+            f"{kept}; home {home})")
+
+
+# ---------------------------------------------------------------- start, wait, stop
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def spawn(home: Path, port: int, *, python: str, code_dir: Path, idle_minutes: float,
+          environ: Mapping[str, str]) -> tuple[Server, subprocess.Popen]:
+    """Start the supervisor in a session of its own (it outlives this stage) and record it."""
+    command = [python, "-m", "flows.server", "run", "--port", str(port), "--home", str(home),
+               "--idle-minutes", str(idle_minutes)]
+    env = {**environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code_dir), environ.get("PYTHONPATH")]))}
+    env.pop("PREFECT_API_URL", None)
+    with open(home / LOG, "a") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: starting on port {port} ---\n")
+        log.flush()
+        process = subprocess.Popen(command, cwd=code_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(pid=process.pid, port=port, started=time.time())
+    (home / STATE).write_text(json.dumps(asdict(server)))
+    return server, process
+
+
+def log_tail(home: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join((home / LOG).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_until_healthy(server: Server, home: Path, say: Say, alive: Callable[[], bool],
+                       wait_s: float = START_WAIT_S) -> bool:
+    """True once the API answers; False when the server process ended (``alive()`` turned False). A
+    slow start is waited for (and said every few seconds), up to ``wait_s``: on a busy machine a
+    start takes minutes."""
+    health = f"{server.url}/health"
+    next_word = time.monotonic() + SAY_EVERY_S
+    while True:
+        if answers(health, timeout=2.0) is None:
+            return True
+        if not alive():
+            return False
+        waited = time.time() - server.started
+        if waited > wait_s:
+            raise EnvironmentMismatch(
+                f"the project's Prefect server ({server.url}, pid {server.pid}) did not answer in {waited:.0f} s; "
+                f"its log is {home / LOG}; stop it (python -m flows.server stop) and retry, or point "
+                "PREFECT_API_URL at a running server")
+        if time.monotonic() >= next_word:
+            say(f"still waiting for the project's Prefect server at {server.ui} ({waited:.0f} s so far; a busy "
+                f"machine takes longer; log {home / LOG})")
+            next_word = time.monotonic() + SAY_EVERY_S
+        time.sleep(0.5)
+
+
+def ensure(home: Path, *, python: str = sys.executable, code_dir: Path, environ: Mapping[str, str] = os.environ,
+           say: Say = print, idle_minutes: float = IDLE_MINUTES, port: int | None = None, keep: bool = False,
+           client: bool = True) -> Server:
+    """The project's server, started if none runs; this process counts as its client while it lives.
+
+    ``port``: the port to start on when it is free (``make ui``: 4200), else a free one. ``keep``:
+    the server stops only when told to (``python -m flows.server stop``).
+    """
+    with locked(home, say, "start its Prefect server"):
+        if client:
+            register_client(home)  # before relying on the server: it does not stop while we are here
+        if keep:
+            (home / KEEP).touch()
+        server = running(home)
+        if server is not None and wait_until_healthy(server, home, say, alive=lambda: _alive(server.pid)):
+            return server
+        for attempt in range(STARTS):
+            chosen = port if port and attempt == 0 and port_free(port) else free_port()
+            server, process = spawn(home, chosen, python=python, code_dir=code_dir, idle_minutes=idle_minutes,
+                                    environ=environ)
+            say(f"starting this project's Prefect server at {server.ui} (log {home / LOG}); the next stages reuse "
+                f"it, and it stops after {idle_minutes:g} idle minutes (python -m flows.server stop)"
+                if not keep else f"starting this project's Prefect server at {server.ui} (log {home / LOG})")
+            if wait_until_healthy(server, home, say, alive=lambda: process.poll() is None):
+                return server
+        (home / STATE).unlink(missing_ok=True)
+        raise EnvironmentMismatch(f"the project's Prefect server did not start ({STARTS} tries); the end of "
+                                  f"{home / LOG}:\n{log_tail(home)}")
+
+
+def stop(home: Path, say: Say = print, timeout_s: float = 30.0) -> bool:
+    """Stop the project's server (and forget ``server.keep``); False when none ran."""
+    with locked(home, say, "stop its Prefect server"):
+        (home / KEEP).unlink(missing_ok=True)
+        server = running(home)
+        if server is None:
+            (home / STATE).unlink(missing_ok=True)
+            return False
+        os.kill(server.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(server.pid):
+            os.killpg(server.pid, signal.SIGKILL)
+        (home / STATE).unlink(missing_ok=True)
+        return True
+
+
+# ---------------------------------------------------------------- the supervisor
+
+def _idle_for(home: Path, since: float) -> float:
+    last = home / CLIENTS / LAST_CLIENT
+    left = last.stat().st_mtime if last.exists() else 0.0
+    return time.time() - max(since, left)
+
+
+def _terminate(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def supervise(home: Path, port: int, *, idle_minutes: float, python: str = sys.executable,
+              environ: Mapping[str, str] = os.environ, poll_s: float = 2.0) -> int:
+    """Run ``prefect server start`` and stop it when idle (or on SIGTERM); returns its exit status.
+
+    The server stays in the supervisor's process group (``spawn`` made it a session of its own), so
+    ``stop`` can end both at once if the supervisor does not answer."""
+    server = subprocess.Popen(server_command(python, port), env=server_environment(port, home, environ),
+                              stdin=subprocess.DEVNULL)
+    stopping = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stopping.append(True))
+    busy_since = time.time()
+    try:
+        while not stopping and server.poll() is None:
+            time.sleep(poll_s)
+            if clients(home) or (home / KEEP).exists() or idle_minutes <= 0:
+                busy_since = time.time()
+            elif _idle_for(home, busy_since) > idle_minutes * 60:
+                with locked(home, lambda _: None, "stop its Prefect server"):
+                    if not clients(home):  # checked again under the lock: a stage may have come meanwhile
+                        if running(home) and running(home).pid == os.getpid():
+                            (home / STATE).unlink(missing_ok=True)
+                        print(f"no client for {idle_minutes:g} minutes: stopping", flush=True)
+                        break
+    finally:
+        _terminate(server)
+    return server.returncode or 0
+
+
+@contextmanager
+def reporting(*, code_dir: Path, environ: dict[str, str] = os.environ) -> Iterator[str]:
+    """The Prefect API this process reports to: ``PREFECT_API_URL``, else the project's own server
+    (found or started here), never a temporary server of this process's own. Children (DVC, the
+    stages it runs) inherit the variable."""
+    if url := environ.get("PREFECT_API_URL"):
+        yield url
+        return
+    url = ensure(project_home(Path.cwd(), environ), code_dir=code_dir, environ=environ,
+                 say=lambda line: print(line, file=sys.stderr)).url
+    environ["PREFECT_API_URL"] = url
+    if "prefect" not in sys.modules:  # Prefect reads the variable when it loads
+        yield url
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
