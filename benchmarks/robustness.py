@@ -37,7 +37,6 @@ mean >= 0.75; the long recipe's test means >= 0.90.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import os

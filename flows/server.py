@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks import project_server
+from tasks import project_server, server_supervisor
 from tasks.server import server_command, server_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def stop(_: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return project_server.supervise(args.home, args.port, idle_minutes=args.idle_minutes)
+    return server_supervisor.supervise(args.home, args.port, idle_minutes=args.idle_minutes)
 
 
 def foreground(argv: list[str]) -> None:

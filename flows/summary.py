@@ -17,11 +17,17 @@ def run(config: PipelineConfig) -> dict:
     evaluation = read_summary(config.evaluate.metrics_path, "evaluate")
     registry = read_summary(config.registry.record_path, "register")
     train = read_summary(config.train.metrics_path, "train")
-    print(f"\nbest validation DSC {train['best_val_dsc']:.3f} (epoch {train['best_epoch']} of {train['epochs']}, "
-          f"{train['device']})")
+    print(f"\nvalidation DSC {train['best_val_dsc']:.3f} (epoch {train['best_epoch']} of {train['epochs']} ships, "
+          f"{train.get('selected', 'best')}); trained on {train['device']} in {train.get('precision', '?')} with "
+          f"{train.get('kernels', '?')} kernels, threads {train.get('threads', '?')}, {train['images_per_s']:.0f} images/s")
     print(f"{evaluation['split']} split, {evaluation['n_volumes']} patients, at the original geometry: per-volume DSC "
           f"mean {evaluation['dsc_mean']:.3f}, median {evaluation['dsc_median']:.3f}; "
           f"global Dice {evaluation['global_dice']:.3f}")
+    if config.cv.folds and config.cv.metrics_path.is_file():
+        cv = read_summary(config.cv.metrics_path, "cv")
+        print(f"cross-validation, {cv['folds']} folds: every one of {cv['n_volumes']} patients segmented by a model that "
+              f"never saw it: per-volume DSC mean {cv['dsc_mean']:.3f}, median {cv['dsc_median']:.3f} (fold means "
+              f"{cv['fold_dsc_min']:.3f}..{cv['fold_dsc_max']:.3f}); a fold trains on {1 - 1 / cv['folds']:.0%} of them")
     print(f"registry: {registry['model_name']} version {registry['version']}: {registry['decision']}; "
           f"champion is version {registry['champion_version']}")
     print(f"MLflow store: {tracking_uri(config.mlflow)}")

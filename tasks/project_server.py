@@ -5,7 +5,8 @@ stage, and on a busy machine it misses Prefect's start-up limit and the stage di
 stages, the pipeline flow, ``make serve`` and the tests share one server a project, whose files
 live in the project's Prefect home (``<project>/.prefect/``, or ``PREFECT_HOME`` when set):
 
-    server.json     pid (of the supervisor, ``python -m flows.server run``), port and API URL
+    server.json     pid (of the supervisor, ``python -m flows.server run``: ``tasks.server_supervisor``),
+                    port and API URL
     server.lock     held while a process looks for the server or starts it: stages started at
                     once start one server, not three
     server.log      what the server printed
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.server import HOST, answers, server_command, server_environment
+from tasks.server import HOST, answers
 from unet.errors import EnvironmentMismatch
 
 STATE, LOCK, LOG, CLIENTS, KEEP = "server.json", "server.lock", "server.log", "clients", "server.keep"
@@ -275,54 +276,6 @@ def stop(home: Path, say: Say = print, timeout_s: float = 30.0) -> bool:
             os.killpg(server.pid, signal.SIGKILL)
         (home / STATE).unlink(missing_ok=True)
         return True
-
-
-# ---------------------------------------------------------------- the supervisor
-
-def _idle_for(home: Path, since: float) -> float:
-    last = home / CLIENTS / LAST_CLIENT
-    left = last.stat().st_mtime if last.exists() else 0.0
-    return time.time() - max(since, left)
-
-
-def _terminate(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def supervise(home: Path, port: int, *, idle_minutes: float, python: str = sys.executable,
-              environ: Mapping[str, str] = os.environ, poll_s: float = 2.0) -> int:
-    """Run ``prefect server start`` and stop it when idle (or on SIGTERM); returns its exit status.
-
-    The server stays in the supervisor's process group (``spawn`` made it a session of its own), so
-    ``stop`` can end both at once if the supervisor does not answer."""
-    server = subprocess.Popen(server_command(python, port), env=server_environment(port, home, environ),
-                              stdin=subprocess.DEVNULL)
-    stopping = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stopping.append(True))
-    busy_since = time.time()
-    try:
-        while not stopping and server.poll() is None:
-            time.sleep(poll_s)
-            if clients(home) or (home / KEEP).exists() or idle_minutes <= 0:
-                busy_since = time.time()
-            elif _idle_for(home, busy_since) > idle_minutes * 60:
-                with locked(home, lambda _: None, "stop its Prefect server"):
-                    if not clients(home):  # checked again under the lock: a stage may have come meanwhile
-                        if running(home) and running(home).pid == os.getpid():
-                            (home / STATE).unlink(missing_ok=True)
-                        print(f"no client for {idle_minutes:g} minutes: stopping", flush=True)
-                        break
-    finally:
-        _terminate(server)
-    return server.returncode or 0
 
 
 @contextmanager

@@ -86,13 +86,15 @@ def make_batches(arrays: SliceArrays, config: PipelineConfig, device: torch.devi
     return CpuBatches(arrays, workers=cfg.workers, **args)
 
 
-def summarise(state: dict[str, Any], train_rows: int, device: torch.device, world: int, amp: bool) -> dict[str, Any]:
-    """``train.json``: the best epoch and its validation DSC at the network's grid, speed, where it ran
-    and how: the precision, the CPU kernels (``AVX512``, ``AVX2``) and threads."""
+def summarise(state: dict[str, Any], train_rows: int, device: torch.device, world: int, amp: bool,
+              selected: str = "best") -> dict[str, Any]:
+    """``train.json``: the epoch that ships (``selected``: the best on validation, or the last) and its
+    validation DSC at the network's grid, speed, where it ran and how: the precision, the CPU kernels
+    (``AVX512``, ``AVX2``) and threads."""
     history = state["history"]
     return {"best_val_dsc": state["best_score"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
             "train_rows": train_rows, "val_volumes": history[-1]["val_volumes"], "device": device.type,
-            "world_size": world, "precision": precision(device, amp),
+            "world_size": world, "selected": selected, "precision": precision(device, amp),
             "kernels": cpu_kernels() if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": state.get("threads", "-"),
             # per process; all processes together train world_size times as many
@@ -128,7 +130,7 @@ def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
                 resume_state=state, on_epoch=report, is_main=rank == 0,
                 threshold=config.evaluate.threshold,
                 metadata={"preprocess": preprocess_metadata(config.prepare), "threshold": config.evaluate.threshold})
-    summary = summarise(final, len(train_arrays), device, world, cfg.amp)
+    summary = summarise(final, len(train_arrays), device, world, cfg.amp, cfg.select)
     if rank == 0:
         with atomic_file(cfg.metrics_path, "w") as handle:
             json.dump(summary, handle, indent=2)
