@@ -37,6 +37,7 @@ mean >= 0.75; the long recipe's test means >= 0.90.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import json
 import os
@@ -187,9 +188,12 @@ def one_run(work: Path, spec: dict) -> dict:
     config = parse_config(run_raw(work, spec), source=run_id(spec))
     started = time.perf_counter()
     stamp = config.augment.out_dir.parent / "done.json"
-    if not stamp.is_file():  # one augment a (data, augment section, seed, precision), shared by the recipes
-        augment.run(config)
-        stamp.write_text(json.dumps({"seconds": time.perf_counter() - started}))
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    with open(stamp.with_suffix(".lock"), "w") as lock:  # studies at once may share these copies
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.is_file():  # one augment a (data, augment section, seed, precision), shared by the recipes
+            augment.run(config)
+            stamp.write_text(json.dumps({"seconds": time.perf_counter() - started}))
     started = time.perf_counter()
     summary = train(config, state=None)
     train_s = time.perf_counter() - started

@@ -148,7 +148,8 @@ def test_model_card(reference, tmp_path):
     assert "0.813 ± 0.025" in text  # across folds
     for phrase in ("Research use only. Not a medical device", "lower-grade glioma", "skull-on",
                    "pre-contrast, FLAIR, post-contrast", "reference per-volume normalisation", "resize to 32 px",
-                   "method random, val_fraction 0.15", "TCGA-LGG", "reference U-Net", "best epoch 2 of 3"):
+                   "method random, val_fraction 0.15", "TCGA-LGG", "reference U-Net", "epoch 2 of 3 (train.select: best)",
+                   "then the largest 3-D connected component"):
         assert phrase in text, phrase
     assert "synthetic phantom set" not in text
     synthetic = write_model_card(tmp_path / "synthetic.md", checkpoint_meta={"model_config": {"variant": "reference"}},

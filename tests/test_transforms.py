@@ -363,3 +363,21 @@ def test_a_missing_sequence_is_filled_with_flair_as_the_set_does():
     assert fill_missing_sequences(image, 0.0) is image
     with pytest.raises(ValueError, match="missing_sequence_p"):
         fill_missing_sequences(image, 1.5)
+
+
+def test_intensity_jitter_changes_each_channel_of_each_sample_within_its_bounds():
+    from unet.transforms.batch import jitter_intensity
+
+    image = torch.randn(4, 3, 8, 8)
+    assert jitter_intensity(image, 0.0) is image
+    out = jitter_intensity(image, 0.3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == image.shape
+    mean = image.mean(dim=(2, 3), keepdim=True)
+    contrast = (out - out.mean(dim=(2, 3), keepdim=True)).std(dim=(2, 3)) / (image - mean).std(dim=(2, 3))
+    shift = (out.mean(dim=(2, 3)) - mean[..., 0, 0])
+    assert ((contrast >= 0.7 - 1e-5) & (contrast <= 1.3 + 1e-5)).all() and contrast.unique().numel() == 12
+    assert (shift.abs() <= 0.3 + 1e-5).all()
+    again = jitter_intensity(image, 0.3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, again)  # seeded: the same draw
+    with pytest.raises(ValueError, match="intensity"):
+        jitter_intensity(image, 1.5)

@@ -193,6 +193,9 @@ class OnlineAugmentConfig(_Section):
     # share of samples whose pre- or post-contrast channel becomes FLAIR, as the set fills a missing
     # sequence (benchmarks/README.md: the recipe study); 0: off, the reference's recipe
     missing_sequence_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # each sample's channels get a contrast in [1 - intensity, 1 + intensity] and a brightness shift in
+    # [-intensity, intensity] (z-score units): lesions fainter or brighter than the training patients'; 0: off
+    intensity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
 class TrainConfig(_Section):

@@ -40,8 +40,8 @@ _LIMITS = [
     "post-operative cavities or children; not enhancing tumour or necrosis subregions.",
     "- Only the inputs described above: skull-stripped, sagittal or coronal slices, sequences that are not "
     "co-registered, or another normalisation give unreliable masks.",
-    "- It always outlines one connected region at most (the largest component), and may outline one in a scan "
-    "without tumour.", ""]
+    "- Where its validation volumes scored better so, it outlines one connected region at most (the largest "
+    "component; see Model); it may outline a region in a scan without tumour.", ""]
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -148,14 +148,24 @@ def _model_section(checkpoint_meta: Mapping[str, Any]) -> list[str]:
         f"{_count(checkpoint_meta.get('parameters'))} parameters",
         f"- Checkpoint: `{Path(str(checkpoint_meta.get('path', 'n/a'))).name}`, sha256 "
         f"`{checkpoint_meta.get('sha256', 'n/a')}`; "
-        + (f"best epoch {checkpoint_meta['best_epoch']} of {checkpoint_meta.get('epoch', 'n/a')}"
+        + (f"epoch {checkpoint_meta['best_epoch']} of {checkpoint_meta.get('epoch', 'n/a')} "
+           f"(train.select: {train.get('select', 'best')})"
            if "best_epoch" in checkpoint_meta else f"saved at epoch {checkpoint_meta.get('epoch', 'n/a')}")
         + f" (validation score {fmt(checkpoint_meta.get('best_score'))})",
         f"- Training: {train.get('epochs', 'n/a')} epochs, optimizer {train.get('optimizer', 'n/a')}, "
         f"lr {train.get('lr', 'n/a')}, batch {train.get('batch_size', 'n/a')}, loss: soft Dice"
         + (f" + {train['ce_weight']} x weight-map cross-entropy" if as_float(train.get("ce_weight")) else ""),
-        f"- Decision threshold {meta.get('threshold', 0.5)} on the tumour probability, then the largest 3-D "
-        "connected component", ""]
+        f"- Decision threshold {meta.get('threshold', 0.5)} on the tumour probability, then "
+        + _postprocess_text(meta.get("postprocess")), ""]
+
+
+def _postprocess_text(rule: Mapping[str, Any] | None) -> str:
+    if not rule:
+        return "the largest 3-D connected component (the reference protocol)"
+    scores = (f" (validation DSC {fmt(rule.get('val_dsc_largest_component'))} with it, "
+              f"{fmt(rule.get('val_dsc_no_postprocess'))} without, {rule.get('val_volumes', 'n/a')} volumes)")
+    return ("the largest 3-D connected component" if rule.get("largest_component", True)
+            else "every region above it, not only the largest") + scores
 
 
 def _preprocessing_section(pre: Mapping[str, Any]) -> list[str]:
@@ -201,8 +211,8 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> list[str]:
     tta = " with test-time flip averaging" if metrics.get("tta") else ""
     lines = [f"Protocol: per-volume Dice similarity coefficient (DSC) on the {split} split "
              f"({metrics.get('n_volumes', 'n/a')} patients), as the reference computes it: every slice predicted, "
-             "the probabilities mapped back to the original grid, thresholded, reduced to the largest 3-D connected "
-             f"component, and the 3-D DSC taken per patient{tta}.", ""]
+             "the probabilities mapped back to the original grid, thresholded, post-processed as the model's rule "
+             f"says (see Model), and the 3-D DSC taken per patient{tta}.", ""]
     spread = dsc_spread(_per_volume(metrics, split))
     if spread:
         lines += [f"Per-volume DSC: **{spread['mean']:.3f} ± {spread['sd']:.3f}** (mean ± SD, n = {spread['n']}), "

@@ -34,7 +34,7 @@ from unet.metrics import dice, postprocess
 from unet.units import scale_px
 from unet.predict.segmenter import predict_probabilities
 from unet.threads import ThreadGovernor
-from unet.transforms.batch import AugmentParams, augment_batch, fill_missing_sequences
+from unet.transforms.batch import AugmentParams, augment_batch, fill_missing_sequences, jitter_intensity
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 
 
 def _batch_loss(model: nn.Module, loss_fn: CombinedLoss, batch, device: torch.device, *, augment: AugmentParams,
-                amp: bool, channels_last: bool, generator: torch.Generator | None, missing_sequence_p: float):
+                amp: bool, channels_last: bool, generator: torch.Generator | None, missing_sequence_p: float,
+                intensity: float):
     """One batch on the device, augmented, through the network: (loss, its terms, batch size)."""
     image, mask, weight = (t.to(device, non_blocking=True) for t in batch)
     image, mask, weight = augment_batch(image, mask, weight, **asdict(augment), generator=generator)
     image = fill_missing_sequences(image, missing_sequence_p, generator=generator)
+    image = jitter_intensity(image, intensity, generator=generator)
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     with autocast(device, amp):
@@ -109,6 +111,7 @@ def train_one_epoch(
     generator: torch.Generator | None = None,
     progress: bool = True,
     missing_sequence_p: float = 0.0,
+    intensity: float = 0.0,
     threads: ThreadGovernor | None = None,
 ) -> dict[str, float]:
     """One epoch; returns the mean loss (and its terms), images/s and the learning rate.
@@ -125,7 +128,7 @@ def train_one_epoch(
     for step, batch in enumerate(bar, start=1):
         loss, parts, size = _batch_loss(model, loss_fn, batch, device, augment=augment, amp=amp,
                                         channels_last=channels_last, generator=generator,
-                                        missing_sequence_p=missing_sequence_p)
+                                        missing_sequence_p=missing_sequence_p, intensity=intensity)
         recent.append(loss.detach())
         if len(recent) == check_every or step == steps:
             check_finite(recent, step - len(recent) + 1, epoch)
@@ -251,7 +254,8 @@ def fit(
         metrics = train_one_epoch(
             model, batches, loss_fn, optimizer, device, epoch=epoch, augment=augment, amp=config.amp,
             grad_clip=config.grad_clip, channels_last=config.channels_last, generator=generator, progress=is_main,
-            missing_sequence_p=config.augment.missing_sequence_p, threads=threads,
+            missing_sequence_p=config.augment.missing_sequence_p, intensity=config.augment.intensity,
+            threads=threads,
         )
         metrics.update(validate(net, val_arrays, device, threshold=threshold, amp=config.amp))
         _step_scheduler(scheduler, metrics["val_dsc"])

@@ -327,3 +327,20 @@ def fill_missing_sequences(image: torch.Tensor, p: float, *, flair: int = FLAIR,
     out[rows, channel] = image[rows, flair]
     return out
 
+
+
+def jitter_intensity(image: torch.Tensor, strength: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each sample's channels get their own contrast and brightness: ``(x - mean) * c + mean + b`` with
+    ``c`` in [1 - strength, 1 + strength] and ``b`` in [-strength, strength] (z-score units), so the
+    network sees lesions fainter and brighter than the few training patients show (nnU-Net's
+    brightness and contrast augmentations do the same). (B, C, H, W) in and out; 0 returns ``image``."""
+    if not 0.0 <= strength < 1.0:
+        raise ValueError(f"intensity must be in [0, 1), got {strength!r}")
+    if strength == 0.0:
+        return image
+    shape = (image.shape[0], image.shape[1], 1, 1)
+    contrast = 1.0 + strength * (2.0 * torch.rand(shape, generator=generator) - 1.0)
+    shift = strength * (2.0 * torch.rand(shape, generator=generator) - 1.0)
+    contrast, shift = contrast.to(image.device, image.dtype), shift.to(image.device, image.dtype)
+    mean = image.mean(dim=(2, 3), keepdim=True)
+    return (image - mean) * contrast + mean + shift
