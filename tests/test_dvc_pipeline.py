@@ -127,11 +127,12 @@ def test_whole_pipeline_ends_with_a_champion_a_new_process_can_use(repo, prefect
     # (weightmaps and augment may have run in an earlier test; test_deployments checks theirs too)
     assert {"train", "evaluate", "cv", "radiogenomics"} <= ran
     reports = stage_artifacts(started)
+    folds = yaml.safe_load((repo / "params.yaml").read_text())["cv"]["folds"]
     pictures = {"lgg-weightmaps": ["reports/weightmaps.png"], "lgg-augment": ["reports/augment_grid.png"],
                 "lgg-train": ["metrics/train_curve.png"], "lgg-radiogenomics": ["reports/radiogenomics.png"],
                 "lgg-evaluate": ["metrics/per_patient.png", *sorted(str(p.relative_to(repo)) for p in
                                                                     (repo / "reports/overlays").glob("*.png"))],
-                "lgg-cv": [f"data/cv/fold-{k:02d}/train_curve.png" for k in range(2)]}
+                "lgg-cv": [f"data/cv/fold-{k:02d}/train_curve.png" for k in range(folds)]}
     pictures = {key: paths for key, paths in pictures.items() if key.removeprefix("lgg-") in ran}
     assert set(reports) == set(pictures)
     for key, paths in pictures.items():
