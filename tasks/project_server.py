@@ -282,17 +282,30 @@ def stop(home: Path, say: Say = print, timeout_s: float = 30.0) -> bool:
 def reporting(*, code_dir: Path, environ: dict[str, str] = os.environ) -> Iterator[str]:
     """The Prefect API this process reports to: ``PREFECT_API_URL``, else the project's own server
     (found or started here), never a temporary server of this process's own. Children (DVC, the
-    stages it runs) inherit the variable."""
-    if url := environ.get("PREFECT_API_URL"):
-        yield url
-        return
-    url = ensure(project_home(Path.cwd(), environ), code_dir=code_dir, environ=environ,
-                 say=lambda line: print(line, file=sys.stderr)).url
-    environ["PREFECT_API_URL"] = url
-    if "prefect" not in sys.modules:  # Prefect reads the variable when it loads
-        yield url
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    stages it runs) inherit the variable.
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    On the project's own server a flow run sends no heartbeats: they only feed an automation that
+    marks silent runs as crashed (docs: "detect zombie flows"), which this server does not have, and
+    Prefect 3.9 waits up to a second at the end of every run for its heartbeat thread, half of a
+    stage's overhead. A server you point ``PREFECT_API_URL`` at keeps your settings.
+    """
+    home = project_home(Path.cwd(), environ)
+    if url := environ.get("PREFECT_API_URL"):
+        own = running(home)
+        with _settings(url, heartbeats=own is None or own.url != url):
+            yield url
+        return
+    url = ensure(home, code_dir=code_dir, environ=environ, say=lambda line: print(line, file=sys.stderr)).url
+    environ["PREFECT_API_URL"] = url
+    with _settings(url, heartbeats=False):
         yield url
+
+
+@contextmanager
+def _settings(url: str, *, heartbeats: bool) -> Iterator[None]:
+    """Prefect's settings for this process's runs (Prefect loads here, after the variable is set)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    updates = {PREFECT_API_URL: url} | ({} if heartbeats else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with temporary_settings(updates=updates):
+        yield

@@ -179,3 +179,27 @@ def test_two_projects_get_two_servers_and_an_idle_one_stops_itself(tmp_path):
         client.kill()
         project_server.stop(busy)
         project_server.stop(idle)
+
+
+@pytest.mark.integration
+def test_runs_on_the_projects_server_send_no_heartbeats_and_another_server_keeps_its_settings(prefect_api):
+    """Heartbeats only feed a zombie-run automation, which the project's own server lacks, and Prefect
+    waits up to a second for their thread at every run's end; a server the user points at keeps them."""
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    from conftest import SESSION_PREFECT_HOME
+
+    @flow
+    def heartbeat_setting() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    default = get_current_settings().flows.heartbeat_frequency
+    own = {"PREFECT_HOME": str(SESSION_PREFECT_HOME), "PREFECT_API_URL": prefect_api}
+    with project_server.reporting(code_dir=REPO, environ=own) as url:
+        assert url == prefect_api
+        assert heartbeat_setting() is None  # a run on the real server, inside its settings
+    other = {"PREFECT_HOME": str(SESSION_PREFECT_HOME), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    with project_server.reporting(code_dir=REPO, environ=other) as url:
+        assert url == other["PREFECT_API_URL"]
+        assert get_current_settings().flows.heartbeat_frequency == default is not None
