@@ -217,6 +217,10 @@ class TrainConfig(_Section):
     # the model that ships (best.pt): the epoch with the best validation DSC (the reference's choice),
     # or the last epoch of the schedule (nnU-Net's; a few validation volumes make a noisy judge)
     select: Literal["best", "last"] = "best"
+    # the shipped model keeps only the largest 3-D component (the reference's step) unless that costs
+    # more than this on the validation DSC: a few validation volumes tell a real loss (a tumour dropped
+    # for a larger false blob, -0.1 and more) from noise (the robustness grid: -0.0001..-0.005)
+    postprocess_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     tumour_sampling: Annotated[float, Field(ge=0.0, le=1.0)] = 10 / 11
     elastic_copies: bool = True  # train on the augment stage's copies too
     skip_edge_slices: bool = True  # the reference drops each volume's first and last slice

@@ -191,17 +191,19 @@ def _step_scheduler(scheduler, val_dsc: float) -> None:
         scheduler.step()
 
 
-def postprocess_decision(metrics: dict[str, float]) -> dict[str, Any]:
-    """Keep only the largest 3-D component where that scores at least as well on the validation
-    volumes as the threshold alone (nnU-Net decides its post-processing so); recorded with the model."""
+def postprocess_decision(metrics: dict[str, float], margin: float = 0.0) -> dict[str, Any]:
+    """Keep only the largest 3-D component unless that scores more than ``margin`` below the threshold
+    alone on the validation volumes (``train.postprocess_margin``; nnU-Net decides its post-processing
+    on validation, the reference always keeps the component); recorded with the model."""
     with_it, without = metrics["val_dsc"], metrics["val_dsc_no_postprocess"]
-    return {"largest_component": bool(with_it >= without), "val_dsc_largest_component": with_it,
-            "val_dsc_no_postprocess": without, "val_volumes": metrics["val_volumes"]}
+    return {"largest_component": bool(with_it >= without - margin), "val_dsc_largest_component": with_it,
+            "val_dsc_no_postprocess": without, "val_volumes": metrics["val_volumes"], "margin": margin}
 
 
-def shipped_score(metrics: dict[str, float]) -> float:
+def shipped_score(metrics: dict[str, float], margin: float = 0.0) -> float:
     """The validation DSC of the model as it ships: under its own post-processing rule."""
-    return max(metrics["val_dsc"], metrics["val_dsc_no_postprocess"])
+    keep = postprocess_decision({"val_volumes": None, **metrics}, margin)["largest_component"]
+    return metrics["val_dsc"] if keep else metrics["val_dsc_no_postprocess"]
 
 
 def _save(net: nn.Module, optimizer, scheduler, config: TrainConfig, state: dict[str, Any],
@@ -260,14 +262,15 @@ def fit(
         metrics.update(validate(net, val_arrays, device, threshold=threshold, amp=config.amp))
         _step_scheduler(scheduler, metrics["val_dsc"])
         # train.select: the last epoch ships (the schedule's end, as nnU-Net), or the best on validation
-        ship = config.select == "last" or shipped_score(metrics) > state["best_score"]
+        score = shipped_score(metrics, config.postprocess_margin)
+        ship = config.select == "last" or score > state["best_score"]
         if ship:
-            state.update(best_score=shipped_score(metrics), best_epoch=epoch)
+            state.update(best_score=score, best_epoch=epoch)
         state["epoch"] = epoch
         state["history"].append({"epoch": epoch, **metrics})
         if is_main:
             _save(net, optimizer, scheduler, config, state,
-                  {**(metadata or {}), "postprocess": postprocess_decision(metrics)}, ship)
+                  {**(metadata or {}), "postprocess": postprocess_decision(metrics, config.postprocess_margin)}, ship)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
         if config.early_stopping and epoch - state["best_epoch"] >= config.early_stopping:
