@@ -191,19 +191,23 @@ def _step_scheduler(scheduler, val_dsc: float) -> None:
         scheduler.step()
 
 
-def postprocess_decision(metrics: dict[str, float], margin: float = 0.0) -> dict[str, Any]:
+def keeps_largest_component(metrics: dict[str, float], margin: float = 0.0) -> bool:
     """Keep only the largest 3-D component unless that scores more than ``margin`` below the threshold
     alone on the validation volumes (``train.postprocess_margin``; nnU-Net decides its post-processing
-    on validation, the reference always keeps the component); recorded with the model."""
-    with_it, without = metrics["val_dsc"], metrics["val_dsc_no_postprocess"]
-    return {"largest_component": bool(with_it >= without - margin), "val_dsc_largest_component": with_it,
-            "val_dsc_no_postprocess": without, "val_volumes": metrics["val_volumes"], "margin": margin}
+    on validation, the reference always keeps the component)."""
+    return bool(metrics["val_dsc"] >= metrics["val_dsc_no_postprocess"] - margin)
+
+
+def postprocess_decision(metrics: dict[str, float], margin: float = 0.0) -> dict[str, Any]:
+    """The post-processing rule (``keeps_largest_component``) with its evidence, recorded with the model."""
+    return {"largest_component": keeps_largest_component(metrics, margin),
+            "val_dsc_largest_component": metrics["val_dsc"], "val_dsc_no_postprocess": metrics["val_dsc_no_postprocess"],
+            "val_volumes": metrics["val_volumes"], "margin": margin}
 
 
 def shipped_score(metrics: dict[str, float], margin: float = 0.0) -> float:
     """The validation DSC of the model as it ships: under its own post-processing rule."""
-    keep = postprocess_decision({"val_volumes": None, **metrics}, margin)["largest_component"]
-    return metrics["val_dsc"] if keep else metrics["val_dsc_no_postprocess"]
+    return metrics["val_dsc"] if keeps_largest_component(metrics, margin) else metrics["val_dsc_no_postprocess"]
 
 
 def _save(net: nn.Module, optimizer, scheduler, config: TrainConfig, state: dict[str, Any],
