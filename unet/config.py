@@ -300,6 +300,17 @@ class EvaluateConfig(_Section):
         return self.out_dir / "per_patient.png"
 
 
+class PoolConfig(_Section):
+    """``cv.executor: pool``: the folds as flow runs of a deployment on a Prefect work pool."""
+
+    deployment: str = Field("cv-fold/lgg-cv-fold", pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")  # flow/deployment
+    wait_minutes: Annotated[float, Field(gt=0)] = 1440.0  # the longest the stage waits for its folds
+    # a running fold whose lease stands still this long (its worker died) is started again elsewhere,
+    # from its last epoch, at most ``retries`` times
+    lost_after_s: Annotated[float, Field(ge=10)] = 120.0
+    retries: NonNegativeInt = 2
+
+
 class CvConfig(_Section):
     """Cross-validation over every patient (the study the set was published with: 22 folds of 5)."""
 
@@ -310,6 +321,10 @@ class CvConfig(_Section):
     # the main split's test patients sit out (True): folds over the rest, then each fold model and
     # their ensemble are scored on the held-out patients; False: every patient in a fold (the paper)
     holdout_test: bool = False
+    # where the folds train: local, one after another in the stage's process; pool, one flow run a fold
+    # on a Prefect work pool (tasks.cv_pool). The same results either way: not part of a fold's key
+    executor: Literal["local", "pool"] = "local"
+    pool: PoolConfig = PoolConfig()
     out_dir: Path = Path("data/cv")  # fold-<k>/ (model, history, scores), predictions/ (out-of-fold NIfTI)
     metrics_dir: Path = Path("metrics")
 

@@ -5,6 +5,10 @@ Output under ``cv.out_dir``: ``fold-<k>/`` (``fold.json``: its patients and key;
 (every patient's out-of-fold mask as NIfTI at the original geometry, as evaluate writes them).
 A fold whose key (patients, model, recipe, data) is unchanged keeps its results, so a changed
 fold reruns alone; a fold killed mid-training resumes from its last epoch (``train.resume``).
+
+The folds run through ``run_folds(config, manifest, assignments) -> tables``: ``in_turn`` here (one
+after another in this process), or one flow run a fold on a Prefect work pool (``tasks.cv_pool``);
+either way each fold is ``run_fold``, and ``fold.json`` records where and when it ran.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -73,25 +79,71 @@ def predict_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int) -> p
     return table
 
 
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def worker_name() -> str:
+    """Who runs a fold: ``LGG_WORKER`` (a pool's worker sets it), else this machine's name."""
+    return os.environ.get("LGG_WORKER") or socket.gethostname()
+
+
+def fold_done(config: PipelineConfig, fold: int, key: str) -> bool:
+    """Whether fold ``fold`` finished with this key: its results stand and it never trains again."""
+    record = read_fold(config.cv.fold_dir(fold))
+    return record.get("key") == key and bool(record.get("done")) and (config.cv.fold_dir(fold) / SCORES_FILE).is_file()
+
+
 def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignment: dict[str, str],
-             on_epoch: Callable | None = None) -> pd.DataFrame:
-    """Train (or resume, or keep) fold ``fold`` and score its test patients; their score rows."""
+             on_epoch: Callable | None = None, key: str | None = None) -> pd.DataFrame:
+    """Train (or resume, or keep) fold ``fold`` and score its test patients; their score rows.
+
+    ``fold.json`` keeps one entry an attempt (``worker``, ``started``, ``finished``): a fold resumed
+    after its worker died shows both. ``key``: the one the caller computed (a pool's fold checks it
+    against the data it sees here)."""
     folder = config.cv.fold_dir(fold)
-    key = fold_key(assignment, config, data_digest(config))
-    record = read_fold(folder)
-    if record.get("key") == key and record.get("done") and (folder / SCORES_FILE).is_file():
+    key = key or fold_key(assignment, config, data_digest(config))
+    if fold_done(config, fold, key):
         log.info("fold %d: unchanged, its results kept", fold)
         return pd.read_csv(folder / SCORES_FILE)
+    record = read_fold(folder)
     if record.get("key") != key and folder.exists():
         shutil.rmtree(folder)  # another fold now (patients, recipe or data changed): start afresh
-    write_fold(folder, {"fold": fold, "key": key, "done": False, "parts": describe(assignment)})
+        record = {}
+    attempts = [*record.get("attempts", []), {"worker": worker_name(), "started": now()}]
+    write_fold(folder, {"fold": fold, "key": key, "done": False, "parts": describe(assignment), "attempts": attempts})
     ours = fold_manifest(manifest, assignment)
     cfg = fold_config(config, fold)
     train_stage.train(cfg, on_epoch, load_data=lambda c: train_stage.load_training_data(c, ours),
                       state=train_stage.resume_state(cfg))
     table = predict_fold(config, ours, fold)
-    write_fold(folder, {**read_fold(folder), "done": True})
+    attempts[-1]["finished"] = now()
+    write_fold(folder, {**read_fold(folder), "done": True, "attempts": attempts})
     return table
+
+
+def in_turn(fold_runner: Callable = run_fold) -> Callable:
+    """``run_folds`` that runs the folds one after another here; ``fold_runner`` may be a task."""
+    def run_folds(config: PipelineConfig, manifest: pd.DataFrame, folds: list[dict[str, str]]) -> list[pd.DataFrame]:
+        return [fold_runner(config, manifest, k, assignment) for k, assignment in enumerate(folds)]
+
+    return run_folds
+
+
+def fold_runs(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Where and when each fold ran (the attempt that finished it), for ``cv.json``."""
+    runs = []
+    for fold in range(config.cv.folds):
+        attempts = read_fold(config.cv.fold_dir(fold)).get("attempts") or [{}]
+        runs.append({"fold": fold, **{k: attempts[-1].get(k) for k in ("worker", "started", "finished")},
+                     "attempts": len(attempts)})
+    return runs
+
+
+def studied_manifest(config: PipelineConfig) -> pd.DataFrame:
+    """The patients the folds are dealt from: all, or all but the main split's test patients."""
+    manifest = read_manifest(config.prepare.manifest_path)
+    return manifest[manifest["split"] != "test"] if config.cv.holdout_test else manifest
 
 
 def gather_predictions(config: PipelineConfig) -> int:
@@ -165,15 +217,17 @@ def score_holdout(config: PipelineConfig, held_out: pd.DataFrame) -> dict[str, A
             "fold_dsc_means": singles}
 
 
-def cross_validate(config: PipelineConfig, fold_runner: Callable = run_fold) -> dict[str, Any]:
-    """Everything the stage does; ``fold_runner(config, manifest, fold, assignment)`` may be a task."""
+def cross_validate(config: PipelineConfig, run_folds: Callable | None = None,
+                   tracking_store: str | None = None) -> dict[str, Any]:
+    """Everything the stage does; ``run_folds`` (default ``in_turn()``) trains the folds.
+    ``tracking_store``: where the stage's MLflow records go, as ``cv.json`` names it (no password)."""
     if not config.cv.folds:
         metrics = {"folds": 0, "n_volumes": 0, "note": "cross-validation is off (cv.folds: 0)"}
         write_outputs(config, pd.DataFrame(columns=["patient", "fold", "split", "dsc"]), metrics)
         return metrics
     manifest = read_manifest(config.prepare.manifest_path)
-    studied = manifest[manifest["split"] != "test"] if config.cv.holdout_test else manifest
-    tables = [fold_runner(config, studied, k, assignment) for k, assignment in enumerate(assignments(studied, config))]
+    studied = studied_manifest(config)
+    tables = (run_folds or in_turn())(config, studied, assignments(studied, config))
     table = pd.concat(tables, ignore_index=True).sort_values("patient").reset_index(drop=True)
     if table["patient"].duplicated().any() or set(table["patient"]) != set(studied["patient"]):
         raise AssertionError("every patient must be predicted exactly once out of fold")
@@ -182,6 +236,9 @@ def cross_validate(config: PipelineConfig, fold_runner: Callable = run_fold) -> 
     metrics["ensemble_postprocess"] = ensemble_rule(table)
     with atomic_file(ensemble_path(config), "w") as handle:
         json.dump(metrics["ensemble_postprocess"], handle, indent=2)
+    metrics["fold_runs"] = fold_runs(config)
+    if tracking_store:
+        metrics["tracking_store"] = tracking_store
     if config.cv.holdout_test:
         metrics["holdout"] = score_holdout(config, manifest[manifest["split"] == "test"])
     write_outputs(config, table, metrics)
