@@ -157,7 +157,7 @@ def project_server_stopped():
 # Tests that start a Prefect server, run stages or DVC, or spawn Python processes: `make test` runs
 # them all; `pytest -m "not integration"` the fast rest (about a tenth of the time).
 INTEGRATION_FIXTURES = {"prefect_api"}
-INTEGRATION_MODULES = {"test_dvc_pipeline.py", "test_train_flow.py", "test_deployments.py"}
+INTEGRATION_MODULES = {"test_dvc_pipeline.py", "test_train_flow.py", "test_deployments.py", "test_cluster.py"}
 
 
 def pytest_collection_modifyitems(config, items):
