@@ -38,7 +38,8 @@ def run_stage(stage: str, load: Callable[[], Callable[[PipelineConfig], object]]
     parser = argparse.ArgumentParser(prog=f"python -m flows {stage}", description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    logging.getLogger("unet").setLevel(logging.INFO)  # shown through Prefect's handlers (flows/__init__.py)
+    for name in ("unet", "tasks"):
+        logging.getLogger(name).setLevel(logging.INFO)  # shown through Prefect's handlers (flows/__init__.py)
     try:
         config = load_config(args.params)
         check_inputs(stage, config, os.environ)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import get_run_logger
@@ -10,13 +11,16 @@ from mlflow import MlflowClient
 
 from tasks import mlflow_model
 from tasks.common import stage_task
+from tasks.postgres import without_password
 from tasks.register import move_aliases, register_version
 from tasks.reports import cv_report, figures, publish
-from tasks.tracking import log_datasets, log_metrics, run_datasets, use_experiment
+from tasks.tracking import log_datasets, log_metrics, run_datasets, tracking_uri, use_experiment
 from unet.config import PipelineConfig
 from unet.cv import stage
 from unet.cv.folds import fold_config
 from unet.io.layout import read_manifest
+
+TRACKING_STORE_VARIABLE = "LGG_TRACKING_STORE"
 
 
 @stage_task(name="cv-fold", task_run_name="fold-{fold}")
@@ -27,6 +31,12 @@ def run_fold(config: PipelineConfig, manifest, fold: int, assignment: dict[str, 
         logger.info("fold %d, epoch %d: loss %.4f, val DSC %.4f", fold, epoch, metrics["loss"], metrics["val_dsc"])
 
     return stage.run_fold(config, manifest, fold, assignment, on_epoch)
+
+
+def tracking_store(config: PipelineConfig, environ=os.environ) -> str:
+    """Where this stage's MLflow records go, without a password: the store a shared tracking server
+    keeps them in when its launcher says so (``LGG_TRACKING_STORE``), else the tracking URI."""
+    return without_password(environ.get(TRACKING_STORE_VARIABLE) or tracking_uri(config.mlflow, environ))
 
 
 ENSEMBLE_SCORE = "cv_dsc_mean"  # the registry decides on it: per-volume DSC over every patient, out of fold

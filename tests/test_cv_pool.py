@@ -1,0 +1,182 @@
+"""The cv stage's folds on a Prefect work pool: real process workers on the session's Prefect server.
+
+Each test drives ``unet.cv.stage.cross_validate`` with ``tasks.cv_pool.on_pool()`` as the stage
+does; the workers are ``prefect worker start`` processes running the ``cv-fold`` deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, make_raw_tree, merged, tiny_stage_params
+from tasks import cluster, cv_pool
+from unet.augment import stage as augment
+from unet.config import parse_config
+from unet.cv import stage
+from unet.errors import UserError
+from unet.prepare.stage import prepare_dataset
+from unet.weightmaps import stage as weightmaps
+
+POOL = "lgg-cv-test"
+DEPLOYMENT = "lgg-cv-fold-test"
+
+
+def pool_params(root: Path, out: str, **train) -> dict:
+    params = tiny_stage_params(root, epochs=1, threads=1, **train)
+    params["cv"] = {"folds": 2, "epochs": 2, "val_fraction": 0.2, "out_dir": str(root / out),
+                    "metrics_dir": str(root / f"{out}-metrics"), "executor": "pool",
+                    "pool": {"deployment": f"cv-fold/{DEPLOYMENT}", "lost_after_s": 10, "wait_minutes": 10}}
+    return params
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    make_raw_tree(root / "raw/kaggle_3m", patients=6, slices=6, size=32)
+    config = parse_config(pool_params(root, "cv"))
+    prepare_dataset(config.data.raw_root, config.prepare)
+    weightmaps.run(config)
+    augment.run(config)
+    return root
+
+
+class Workers:
+    """Two process workers on the session's server, restarted by ``ensure`` when one was killed."""
+
+    def __init__(self, api: str, root: Path):
+        self.api, self.root, self.services = api, root, {}
+        self.folder = root / "workers"
+        self.folder.mkdir(exist_ok=True)
+
+    def ensure(self) -> None:
+        for k in range(2):
+            name = f"worker-{k}"
+            if name in self.services and self.services[name].process.poll() is None:
+                continue
+            env = {**os.environ, "PREFECT_API_URL": self.api, "LGG_WORKER": name, "PYTHONPATH": str(REPO),
+                   "LGG_FOLD_ROOTS": str(self.root), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+            log = self.folder / f"{name}.log"
+            self.services[name] = cluster.Service(name, cluster.spawn(name, cluster.worker_command(POOL, name), log,
+                                                                      env, REPO), log)
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            cluster.stop_service(service)
+
+
+@pytest.fixture(scope="module")
+def workers(prefect_api, prepared):
+    cluster.deploy(REPO, pool=POOL, name=DEPLOYMENT)
+    pool = Workers(prefect_api, prepared)
+    pool.ensure()
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture
+def on_pool(workers, prepared, monkeypatch):
+    workers.ensure()
+    monkeypatch.chdir(prepared)
+    return cv_pool.on_pool()
+
+
+def deployment_runs(name: str) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))))
+
+
+def test_folds_on_two_workers_overlap_and_equal_the_sequential_run(prepared, on_pool):
+    local = parse_config(merged(pool_params(prepared, "cv"), {"cv": {"out_dir": str(prepared / "cv-local"),
+                                                                     "metrics_dir": str(prepared / "local-metrics")}}))
+    sequential = stage.cross_validate(local)
+    pooled_config = parse_config(pool_params(prepared, "cv"))
+    pooled = stage.cross_validate(pooled_config, on_pool)
+    a, b = (pd.read_csv(c.cv.per_patient_path).set_index("patient") for c in (local, pooled_config))
+    assert list(a.index) == list(b.index) and b.index.is_unique  # every patient once, out of fold
+    pd.testing.assert_frame_equal(a, b)  # the same numbers, wherever the folds ran
+    assert pooled["dsc_mean"] == sequential["dsc_mean"]
+    runs = pooled["fold_runs"]
+    assert {r["worker"] for r in runs} == {"worker-0", "worker-1"}
+    assert cluster.overlaps(runs), runs
+    assert not (pooled_config.cv.out_dir / cv_pool.LEASES).exists()  # nothing of the pool's left in the output
+
+    before = deployment_runs(DEPLOYMENT)
+    again = stage.cross_validate(pooled_config, on_pool)  # a finished fold is never sent again
+    assert deployment_runs(DEPLOYMENT) == before and again["dsc_mean"] == pooled["dsc_mean"]
+
+
+def test_a_failing_fold_fails_the_stage_with_its_message(prepared, on_pool):
+    config = parse_config(pool_params(prepared, "cv-fail"))
+    run = cv_pool.submit(config, 0, "not-the-key", 1)  # what a worker that sees other data meets
+    with pytest.raises(UserError, match=r"fold 0 failed .*not what the cv stage started the fold with"):
+        cv_pool.wait(config, {0: run}, {0: "not-the-key"})
+
+
+def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepared, on_pool, workers):
+    config = parse_config(merged(pool_params(prepared, "cv-kill", steps_per_epoch=40), {"cv": {"epochs": 8}}))
+    found: dict = {}
+
+    def kill_the_first_one_past_epoch_two(cfg, manifest, folds):
+        def watch():  # beside the stage's wait: the first fold with 2 epochs done loses its worker
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not found:
+                for k in range(2):
+                    history = cfg.cv.fold_dir(k) / "train_history.csv"
+                    lease = cv_pool.read_lease(cv_pool.lease_path(cfg, k))
+                    done = stage.read_fold(cfg.cv.fold_dir(k)).get("done")
+                    if history.is_file() and 2 <= len(pd.read_csv(history)) < 6 and lease.get("worker") and not done:
+                        found.update(fold=k, worker=lease["worker"], epochs=len(pd.read_csv(history)))
+                        # as its machine dies: the worker and the fold's process (a session of its own) at once
+                        cluster.kill_service(workers.services[lease["worker"]])
+                        os.killpg(os.getpgid(lease["pid"]), signal.SIGKILL)
+                        break
+                time.sleep(0.3)
+
+        import threading
+
+        threading.Thread(target=watch, daemon=True).start()
+        return on_pool(cfg, manifest, folds)
+
+    metrics = stage.cross_validate(config, kill_the_first_one_past_epoch_two)
+    assert found, "no fold reached epoch 2"
+    record = stage.read_fold(config.cv.fold_dir(found["fold"]))
+    assert [a["worker"] for a in record["attempts"]][0] == found["worker"] and len(record["attempts"]) == 2
+    assert record["attempts"][1]["worker"] != found["worker"]
+    history = pd.read_csv(config.cv.fold_dir(found["fold"]) / "train_history.csv")
+    assert list(history["epoch"]) == list(range(1, 9))  # resumed, not restarted: every epoch once
+    assert metrics["fold_runs"][found["fold"]]["attempts"] == 2 and metrics["n_volumes"] == 6
+
+
+def test_a_fold_is_trained_only_in_its_stages_folder(tmp_path):
+    with pytest.raises(UserError, match="not this worker's repository"):
+        cv_pool.checked_workdir(str(tmp_path), REPO, environ={})
+    assert cv_pool.checked_workdir(str(tmp_path), REPO, environ={cv_pool.ROOTS_VARIABLE: str(tmp_path.parent)})
+    assert cv_pool.checked_workdir(str(REPO / "tests"), REPO, environ={}) == REPO / "tests"
+
+
+def test_the_executor_is_local_unless_asked(prepared):
+    config = parse_config(tiny_stage_params(prepared))
+    assert cv_pool.executor(config, {}) == "local"
+    assert cv_pool.executor(config, {cv_pool.EXECUTOR_VARIABLE: "pool"}) == "pool"
+    with pytest.raises(UserError, match="LGG_CV_EXECUTOR='dask'"):
+        cv_pool.executor(config, {cv_pool.EXECUTOR_VARIABLE: "dask"})
+
+
+def test_a_second_cluster_in_one_folder_is_refused(tmp_path):
+    with cluster.exclusive(tmp_path):
+        with pytest.raises(UserError, match="a demo cluster already runs here"):
+            with cluster.exclusive(tmp_path):
+                pass
+    with cluster.exclusive(tmp_path):  # free again once the first ended
+        pass
+    shutil.rmtree(tmp_path)
