@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # project's Prefect server, python -m flows.server); plain dvc commands read .dvc/config's
 # core.analytics = false.
 
-.PHONY: install test demo clean ui ui-stop serve server-stop
+.PHONY: install test demo demo-cluster clean ui ui-stop serve server-stop
 
 install: $(STAMP)
 
@@ -31,11 +31,17 @@ demo: $(STAMP)
 	$(BIN)/dvc repro && MLFLOW_PORT=$(MLFLOW_PORT) $(BIN)/python -m flows summary; \
 	rc=$$?; echo "pipeline finished in $$(( $$(date +%s) - start )) s"; exit $$rc
 
+# The cross-validation on a work pool: PostgreSQL, the Prefect and MLflow servers on it and two process
+# workers on localhost (a CPU core each), the cv stage through them; everything stops at the end
+# (README, "The study on several machines"). DEMO_CLUSTER_ARGS=--keep: stop after Enter.
+demo-cluster: $(STAMP)
+	$(BIN)/python -m flows.cluster demo $(DEMO_CLUSTER_ARGS)
+
 server-stop:
 	$(BIN)/python -m flows.server stop
 
 clean:
-	rm -rf data models mlruns mlartifacts mlflow.db dvc-storage
+	rm -rf data models mlruns mlartifacts mlflow.db dvc-storage .cluster
 
 # --- the UIs: a Prefect server and an MLflow server in the background (make ui-stop ends them) ---
 UI_DIR     := .ui

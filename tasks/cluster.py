@@ -1,0 +1,298 @@
+"""A study cluster on one machine: PostgreSQL, the Prefect and MLflow servers on it, process workers.
+
+``make demo-cluster`` (``python -m flows.cluster demo``) starts it all under ``.cluster/``, runs the
+cv stage through the work pool and stops everything it started. The same pieces make a real
+cluster (README, "The study on several machines"): one machine runs ``start_database``,
+``start_prefect`` and ``start_mlflow`` (or your group's own servers), each GPU runs a worker.
+
+    .cluster/lock          held while a demo cluster runs: a second one is refused
+    .cluster/postgres/     the database (tasks.postgres)
+    .cluster/prefect/      the Prefect server's home; prefect.log
+    .cluster/mlartifacts/  MLflow's artifacts (a shared folder on a real cluster); mlflow.log
+    .cluster/worker-<k>.log
+
+Credentials: the database password comes from ``LGG_DB_PASSWORD`` (a random one for the demo when
+unset) and reaches the servers in their environment only; nothing written here holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks import postgres
+from tasks.project_server import free_port
+from tasks.server import HOST, answers, server_command, server_environment
+from unet.errors import EnvironmentMismatch
+
+POOL = "lgg-cv"
+DEPLOYMENT = "lgg-cv-fold"
+START_WAIT_S = 600  # servers on a busy machine take minutes
+Say = Callable[[str], None]
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    log: Path
+    url: str = ""
+
+
+@dataclass
+class Cluster:
+    folder: Path
+    database: postgres.Database
+    password: str = field(repr=False)
+    services: list[Service] = field(default_factory=list)
+
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    @property
+    def prefect_api(self) -> str:
+        return self.service("prefect").url
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.service("mlflow").url
+
+    @property
+    def workers(self) -> list[Service]:
+        return [s for s in self.services if s.name.startswith("worker-")]
+
+    def tracking_store(self) -> str:
+        return postgres.without_password(self.database.url("mlflow", self.password))
+
+    def client_environment(self, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+        """What a stage or worker reports with: the cluster's Prefect API and MLflow server."""
+        return {**environ, "PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_url,
+                "LGG_TRACKING_STORE": self.tracking_store()}
+
+
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """``folder/lock`` held for the block: a second cluster in the same folder is refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".gitignore").write_text("*\n")
+    with open(folder / "lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise EnvironmentMismatch(f"a demo cluster already runs here ({holder}; lock {folder / 'lock'}): wait for it "
+                                      "to finish, or stop that process") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def spawn(name: str, command: list[str], log: Path, env: Mapping[str, str], cwd: Path,
+          cpus: set[int] | None = None) -> subprocess.Popen:
+    """A service in a session of its own (``stop`` ends its whole process group, children too)."""
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    handle = open(log, "a")
+    handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {name} ---\n")
+    handle.flush()
+    return subprocess.Popen(command, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=handle,
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin if cpus else None)
+
+
+def wait_for(service: Service, health: str, say: Say, wait_s: float = START_WAIT_S) -> None:
+    started, told = time.monotonic(), time.monotonic()
+    while answers(health, timeout=2.0) is not None:
+        if service.process.poll() is not None:
+            raise EnvironmentMismatch(f"the {service.name} server ended ({service.process.returncode}); the end of "
+                                      f"{service.log}:\n{_tail(service.log)}")
+        if time.monotonic() - started > wait_s:
+            raise EnvironmentMismatch(f"the {service.name} server did not answer at {health} in {wait_s:g} s; "
+                                      f"see {service.log}")
+        if time.monotonic() - told > 15:
+            say(f"waiting for the {service.name} server ({time.monotonic() - started:.0f} s; log {service.log})")
+            told = time.monotonic()
+        time.sleep(0.5)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_database(folder: Path, password: str) -> postgres.Database:
+    return postgres.start(folder / "postgres", free_port(), password)
+
+
+def start_prefect(cluster: Cluster, code_dir: Path, say: Say, environ: Mapping[str, str]) -> Service:
+    """Prefect's server on the cluster's PostgreSQL (``prefect`` database), locked down as
+    ``tasks.server`` says."""
+    port, home = free_port(), cluster.folder / "prefect"
+    home.mkdir(exist_ok=True)
+    env = server_environment(port, home, environ) | {
+        "PREFECT_API_DATABASE_CONNECTION_URL": cluster.database.url("prefect", cluster.password, "postgresql+asyncpg"),
+        "PYTHONPATH": str(code_dir)}
+    env.pop("PREFECT_API_URL", None)
+    service = Service("prefect", spawn("prefect server", server_command(sys.executable, port), cluster.folder / "prefect.log",
+                                       env, code_dir), cluster.folder / "prefect.log", f"http://{HOST}:{port}/api")
+    cluster.services.append(service)
+    wait_for(service, f"{service.url}/health", say)
+    return service
+
+
+def start_mlflow(cluster: Cluster, code_dir: Path, say: Say, environ: Mapping[str, str]) -> Service:
+    """MLflow's tracking server on the cluster's PostgreSQL (``mlflow`` database), artifacts served
+    from ``mlartifacts/`` (a shared folder on a real cluster)."""
+    port = free_port()
+    artifacts = cluster.folder / "mlartifacts"
+    artifacts.mkdir(exist_ok=True)
+    env = {**environ, "MLFLOW_BACKEND_STORE_URI": cluster.database.url("mlflow", cluster.password, "postgresql+psycopg"),
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", HOST, "--port", str(port),
+               "--workers", "1", "--artifacts-destination", str(artifacts)]
+    service = Service("mlflow", spawn("mlflow server", command, cluster.folder / "mlflow.log", env, code_dir),
+                      cluster.folder / "mlflow.log", f"http://{HOST}:{port}")
+    cluster.services.append(service)
+    wait_for(service, f"{service.url}/health", say)
+    return service
+
+
+def deploy(code_dir: Path, pool: str = POOL, name: str = DEPLOYMENT) -> str:
+    """The work pool (process workers) and the fold deployment on the current Prefect API; the
+    deployment runs ``flows/cv_fold.py`` from ``code_dir`` (the same path on every worker)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process",
+                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
+    fold_flow = flow.from_source(source=str(code_dir), entrypoint="flows/cv_fold.py:fold_flow")
+    fold_flow.deploy(name=name, work_pool_name=pool, print_next_steps=False, ignore_warnings=True, tags=["lgg-unet", "cv"],
+                     description="One cross-validation fold (the cv stage with cv.executor: pool starts these)")
+    return f"{fold_flow.name}/{name}"
+
+
+def worker_command(pool: str, name: str) -> list[str]:
+    start = "import flows; import sys; from prefect.cli import app; sys.argv[0] = 'prefect'; app()"
+    return [sys.executable, "-c", start, "worker", "start", "--pool", pool, "--limit", "1", "--name", name]
+
+
+def start_workers(cluster: Cluster, count: int, code_dir: Path, environ: Mapping[str, str],
+                  gpus: int = 0, pool: str = POOL) -> list[Service]:
+    """``count`` process workers, one fold at a time each: worker ``k`` on GPU ``k`` where there are
+    GPUs (``CUDA_VISIBLE_DEVICES``), else pinned to one CPU core (so ``train.threads: auto`` gives
+    each fold one thread and two folds do not fight over the same cores)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    started = []
+    for k in range(count):
+        name = f"worker-{k}"
+        env = cluster.client_environment(environ) | {"LGG_WORKER": name, "PYTHONPATH": str(code_dir)}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
+        log = cluster.folder / f"{name}.log"
+        process = spawn(name, worker_command(pool, name), log, env, code_dir,
+                        cpus={cpus[k % len(cpus)]} if cpus and not gpus else None)
+        started.append(Service(name, process, log))
+    cluster.services.extend(started)
+    return started
+
+
+def stop_service(service: Service, timeout_s: float = 20.0) -> None:
+    """The service's whole process group: TERM, then KILL after ``timeout_s``."""
+    if service.process.poll() is not None:
+        return
+    try:
+        os.killpg(service.process.pid, signal.SIGTERM)
+        service.process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def kill_service(service: Service) -> None:
+    """As a machine dies: the whole group at once, nothing told."""
+    try:
+        os.killpg(service.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    service.process.wait()
+
+
+@contextmanager
+def running(folder: Path, code_dir: Path, *, workers: int = 2, gpus: int = 0, say: Say = print,
+            environ: Mapping[str, str] = os.environ) -> Iterator[Cluster]:
+    """Everything up (refused while another cluster runs in ``folder``); all stopped afterwards."""
+    password = environ.get(postgres.PASSWORD_VARIABLE) or secrets.token_urlsafe(24)
+    with exclusive(folder):
+        say(f"PostgreSQL in {folder / 'postgres'}")
+        cluster = Cluster(folder, start_database(folder, password), password)
+        try:
+            say("the Prefect server, on PostgreSQL")
+            start_prefect(cluster, code_dir, say, environ)
+            say("the MLflow server, on PostgreSQL")
+            start_mlflow(cluster, code_dir, say, environ)
+            yield cluster
+        finally:
+            for service in reversed(cluster.services):
+                stop_service(service)
+            postgres.stop(folder / "postgres")
+
+
+# ---------------------------------------------------------------- the demo
+
+def run_cv(cluster: Cluster, code_dir: Path, say: Say, environ: Mapping[str, str] = os.environ) -> dict:
+    """The cv stage through the pool, as DVC runs it: its inputs first (``dvc repro augment``), then
+    the stage with every fold trained afresh (the workspace's folds are in DVC's cache:
+    ``dvc checkout data/cv`` brings them back), reporting to the cluster's servers; ``cv.json``."""
+    from unet.config import load_config
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = cluster.client_environment(environ) | {"LGG_CV_EXECUTOR": "pool"}
+    if subprocess.call([dvc, "repro", "augment"], cwd=code_dir, env=env):
+        raise EnvironmentMismatch("dvc repro augment failed (above): the cv stage's inputs are missing")
+    cv = load_config(code_dir / "params.yaml").cv
+    for folder in sorted((code_dir / cv.out_dir).glob("fold-*")):
+        say(f"removing {folder.relative_to(code_dir)}: the demo trains every fold on the pool")
+        shutil.rmtree(folder)
+    if subprocess.call([dvc, "repro", "--force", "--single-item", "cv"], cwd=code_dir, env=env):
+        raise EnvironmentMismatch("the cv stage failed on the pool (above); the workers' logs are in "
+                                  f"{cluster.folder}")
+    return json.loads((code_dir / cv.metrics_path).read_text())
+
+
+def overlaps(runs: list[dict]) -> list[tuple[int, int]]:
+    """Pairs of folds whose runs overlapped in time on different workers."""
+    from datetime import datetime
+
+    spans = [(r["fold"], r["worker"], datetime.fromisoformat(r["started"]), datetime.fromisoformat(r["finished"]))
+             for r in runs if r.get("started") and r.get("finished")]
+    return [(a[0], b[0]) for i, a in enumerate(spans) for b in spans[i + 1:]
+            if a[1] != b[1] and a[2] < b[3] and b[2] < a[3]]
