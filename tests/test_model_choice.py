@@ -91,3 +91,14 @@ def test_the_ensemble_rule_is_decided_on_every_out_of_fold_patient(tmp_path):
     path = tmp_path / "ensemble.json"
     path.write_text(json.dumps(rule))
     assert read_ensemble_rule(path) is False and read_ensemble_rule(tmp_path / "none.json") is None
+
+
+def test_the_model_card_says_the_rule_and_its_margin():
+    from unet.export.card import _postprocess_text
+
+    kept = _postprocess_text({"largest_component": True, "val_dsc_largest_component": 0.80,
+                              "val_dsc_no_postprocess": 0.805, "val_volumes": 2, "margin": 0.01})
+    assert kept.startswith("the largest 3-D connected component") and "unless it costs more than 0.010 DSC" in kept
+    dropped = _postprocess_text({"largest_component": False, "val_dsc_largest_component": 0.60,
+                                 "val_dsc_no_postprocess": 0.81, "val_volumes": 2, "margin": 0.01})
+    assert dropped.startswith("every region above it") and "margin of 0.010" in dropped

@@ -162,9 +162,13 @@ def _model_section(checkpoint_meta: Mapping[str, Any]) -> list[str]:
 def _postprocess_text(rule: Mapping[str, Any] | None) -> str:
     if not rule:
         return "the largest 3-D connected component (the reference protocol)"
+    kept = rule.get("largest_component", True)
+    margin = "" if rule.get("margin") is None else (
+        f"; the rule keeps it unless it costs more than {fmt(rule['margin'])} DSC there" if kept
+        else f"; it cost more than the rule's margin of {fmt(rule['margin'])} DSC there")
     scores = (f" (validation DSC {fmt(rule.get('val_dsc_largest_component'))} with it, "
-              f"{fmt(rule.get('val_dsc_no_postprocess'))} without, {rule.get('val_volumes', 'n/a')} volumes)")
-    return ("the largest 3-D connected component" if rule.get("largest_component", True)
+              f"{fmt(rule.get('val_dsc_no_postprocess'))} without, {rule.get('val_volumes', 'n/a')} volumes{margin})")
+    return ("the largest 3-D connected component" if kept
             else "every region above it, not only the largest") + scores
 
 
