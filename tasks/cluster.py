@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from tasks import postgres
 from tasks.project_server import free_port
-from tasks.server import HOST, answers, server_command, server_environment
+from tasks.server import HOST, answers, prefect_command, server_command, server_environment
 from unet.errors import EnvironmentMismatch
 
 POOL = "lgg-cv"
@@ -52,9 +53,14 @@ class Service:
 
 @dataclass
 class Cluster:
+    """``bind``: the address the servers listen on (0.0.0.0: workers on other machines); ``name``:
+    the host clients reach them by."""
+
     folder: Path
     database: postgres.Database
     password: str = field(repr=False)
+    bind: str = HOST
+    name: str = HOST
     services: list[Service] = field(default_factory=list)
 
     def service(self, name: str) -> Service:
@@ -77,8 +83,9 @@ class Cluster:
 
     def client_environment(self, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         """What a stage or worker reports with: the cluster's Prefect API and MLflow server."""
+        path = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), environ.get("PATH")]))
         return {**environ, "PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_url,
-                "LGG_TRACKING_STORE": self.tracking_store()}
+                "LGG_TRACKING_STORE": self.tracking_store(), "PATH": path}  # DVC's stages run this venv's python
 
 
 @contextmanager
@@ -140,8 +147,9 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def start_database(folder: Path, password: str) -> postgres.Database:
-    return postgres.start(folder / "postgres", free_port(), password)
+def start_database(folder: Path, password: str, bind: str = HOST, name: str = HOST) -> postgres.Database:
+    database = postgres.start(folder / "postgres", free_port(), password, host=bind)
+    return postgres.Database(database.folder, name, database.port)
 
 
 def start_prefect(cluster: Cluster, code_dir: Path, say: Say, environ: Mapping[str, str]) -> Service:
@@ -149,12 +157,13 @@ def start_prefect(cluster: Cluster, code_dir: Path, say: Say, environ: Mapping[s
     ``tasks.server`` says."""
     port, home = free_port(), cluster.folder / "prefect"
     home.mkdir(exist_ok=True)
-    env = server_environment(port, home, environ) | {
+    env = server_environment(port, home, environ, name=cluster.name) | {
         "PREFECT_API_DATABASE_CONNECTION_URL": cluster.database.url("prefect", cluster.password, "postgresql+asyncpg"),
         "PYTHONPATH": str(code_dir)}
     env.pop("PREFECT_API_URL", None)
-    service = Service("prefect", spawn("prefect server", server_command(sys.executable, port), cluster.folder / "prefect.log",
-                                       env, code_dir), cluster.folder / "prefect.log", f"http://{HOST}:{port}/api")
+    command = server_command(sys.executable, port, bind=cluster.bind)
+    service = Service("prefect", spawn("prefect server", command, cluster.folder / "prefect.log", env, code_dir),
+                      cluster.folder / "prefect.log", f"http://{cluster.name}:{port}/api")
     cluster.services.append(service)
     wait_for(service, f"{service.url}/health", say)
     return service
@@ -168,10 +177,12 @@ def start_mlflow(cluster: Cluster, code_dir: Path, say: Say, environ: Mapping[st
     artifacts.mkdir(exist_ok=True)
     env = {**environ, "MLFLOW_BACKEND_STORE_URI": cluster.database.url("mlflow", cluster.password, "postgresql+psycopg"),
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", HOST, "--port", str(port),
-               "--workers", "1", "--artifacts-destination", str(artifacts)]
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", cluster.bind, "--port", str(port),
+               "--workers", "1", "--artifacts-destination", str(artifacts),
+               "--allowed-hosts", ",".join(sorted({cluster.name, f"{cluster.name}:{port}", HOST, f"{HOST}:{port}",
+                                                   "localhost", f"localhost:{port}"}))]
     service = Service("mlflow", spawn("mlflow server", command, cluster.folder / "mlflow.log", env, code_dir),
-                      cluster.folder / "mlflow.log", f"http://{HOST}:{port}")
+                      cluster.folder / "mlflow.log", f"http://{cluster.name}:{port}")
     cluster.services.append(service)
     wait_for(service, f"{service.url}/health", say)
     return service
@@ -199,8 +210,8 @@ def deploy(code_dir: Path, pool: str = POOL, name: str = DEPLOYMENT) -> str:
 
 
 def worker_command(pool: str, name: str) -> list[str]:
-    start = "import flows; import sys; from prefect.cli import app; sys.argv[0] = 'prefect'; app()"
-    return [sys.executable, "-c", start, "worker", "start", "--pool", pool, "--limit", "1", "--name", name]
+    """A process worker that runs one fold at a time."""
+    return [*prefect_command(sys.executable), "worker", "start", "--pool", pool, "--limit", "1", "--name", name]
 
 
 def start_workers(cluster: Cluster, count: int, code_dir: Path, environ: Mapping[str, str],
@@ -212,7 +223,8 @@ def start_workers(cluster: Cluster, count: int, code_dir: Path, environ: Mapping
     started = []
     for k in range(count):
         name = f"worker-{k}"
-        env = cluster.client_environment(environ) | {"LGG_WORKER": name, "PYTHONPATH": str(code_dir)}
+        env = cluster.client_environment(environ) | {"LGG_WORKER": name, "PYTHONPATH": str(code_dir),
+                                                     "PREFECT_WORKER_QUERY_SECONDS": "2"}  # a free worker takes a fold within 2 s
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
         log = cluster.folder / f"{name}.log"
@@ -247,13 +259,16 @@ def kill_service(service: Service) -> None:
 
 
 @contextmanager
-def running(folder: Path, code_dir: Path, *, workers: int = 2, gpus: int = 0, say: Say = print,
-            environ: Mapping[str, str] = os.environ) -> Iterator[Cluster]:
-    """Everything up (refused while another cluster runs in ``folder``); all stopped afterwards."""
+def running(folder: Path, code_dir: Path, *, say: Say = print, environ: Mapping[str, str] = os.environ,
+            bind: str = HOST) -> Iterator[Cluster]:
+    """The database and both servers up (refused while another cluster runs in ``folder``), all
+    stopped afterwards, workers included. ``bind`` 0.0.0.0: reachable from other machines, by this
+    machine's name."""
     password = environ.get(postgres.PASSWORD_VARIABLE) or secrets.token_urlsafe(24)
+    name = socket.getfqdn() if bind == "0.0.0.0" else bind
     with exclusive(folder):
         say(f"PostgreSQL in {folder / 'postgres'}")
-        cluster = Cluster(folder, start_database(folder, password), password)
+        cluster = Cluster(folder, start_database(folder, password, bind, name), password, bind, name)
         try:
             say("the Prefect server, on PostgreSQL")
             start_prefect(cluster, code_dir, say, environ)

@@ -151,7 +151,7 @@ def train_fold(code_dir: Path, workdir: str, config_values: dict[str, Any], fold
             raise InputError(f"fold {fold}: the data or params in {folder} are not what the cv stage started the fold "
                              f"with (key {mine}, the stage's {key}): a worker sees another copy of the repository, "
                              "or it changed meanwhile; rerun the stage")
-        table = stage.run_fold(config, studied, fold, folds[fold], on_epoch, key=key)
+        table = stage.run_fold(config, studied, fold, folds[fold], on_epoch, key=key, run=flow_run)
     return {"fold": fold, "patients": int(len(table)), "dsc_mean": float(table["dsc"].mean()),
             "worker": stage.worker_name()}
 

@@ -23,9 +23,11 @@ from unet.errors import EnvironmentMismatch
 HOST = "127.0.0.1"
 
 
-def server_environment(port: int, home: Path, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The environment of a Prefect server on ``port`` keeping its state under ``home``."""
-    origin = f"http://{HOST}:{port}"
+def server_environment(port: int, home: Path, environ: Mapping[str, str] = os.environ,
+                       name: str = HOST) -> dict[str, str]:
+    """The environment of a Prefect server on ``port`` keeping its state under ``home``; ``name``:
+    the host its UI and clients reach it by (a cluster's server: the machine's name)."""
+    origin = f"http://{name}:{port}"
     env = {
         **environ,
         "PREFECT_HOME": str(home),  # this project's runs only, not those of ~/.prefect
@@ -38,10 +40,14 @@ def server_environment(port: int, home: Path, environ: Mapping[str, str] = os.en
     return env
 
 
-def server_command(python: str, port: int) -> list[str]:
-    """``prefect server start`` on 127.0.0.1, run through ``flows`` (its analytics switches)."""
-    start = "import flows; import sys; from prefect.cli import app; sys.argv[0] = 'prefect'; app()"
-    return [python, "-c", start, "server", "start", "--host", HOST, "--port", str(port)]
+def server_command(python: str, port: int, bind: str = HOST) -> list[str]:
+    """``prefect server start`` on ``bind`` (127.0.0.1), run through ``flows`` (its analytics switches)."""
+    return [*prefect_command(python), "server", "start", "--host", bind, "--port", str(port)]
+
+
+def prefect_command(python: str) -> list[str]:
+    """The ``prefect`` command line, with Prefect's and DVC's analytics off (``flows/__init__.py``)."""
+    return [python, "-c", "import flows; import sys; from prefect.cli import app; sys.argv[0] = 'prefect'; app()"]
 
 
 def answers(url: str, timeout: float = 5.0) -> str | None:

@@ -61,3 +61,28 @@ def test_urls_are_printed_without_their_password():
     assert postgres.without_password("postgresql+psycopg://lgg:s%40cret@db:5432/mlflow") == \
         "postgresql+psycopg://lgg:***@db:5432/mlflow"
     assert postgres.without_password("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_up_serves_until_told_to_stop_and_prints_no_password(folder):
+    import signal
+    import subprocess
+    import sys
+
+    password = secrets.token_hex(12)
+    up = subprocess.Popen([sys.executable, "-m", "flows.cluster", "up", "--folder", str(folder)], cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env={**os.environ, postgres.PASSWORD_VARIABLE: password})
+    lines = []
+    for line in up.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    api = next(line.split("=", 1)[1].strip() for line in lines if "export PREFECT_API_URL=" in line)
+    from tasks.server import answers
+
+    assert answers(f"{api}/health") is None
+    up.send_signal(signal.SIGINT)
+    rest = up.communicate(timeout=120)[0]
+    assert up.returncode == 0 and "stopping the cluster" in rest
+    assert answers(f"{api}/health", timeout=2) is not None  # stopped with it
+    assert password not in "".join(lines) + rest

@@ -20,6 +20,7 @@ from tasks import cluster, cv_pool
 from unet.augment import stage as augment
 from unet.config import parse_config
 from unet.cv import stage
+from unet.cv.folds import fold_key
 from unet.errors import UserError
 from unet.prepare.stage import prepare_dataset
 from unet.weightmaps import stage as weightmaps
@@ -100,7 +101,15 @@ def test_folds_on_two_workers_overlap_and_equal_the_sequential_run(prepared, on_
                                                                      "metrics_dir": str(prepared / "local-metrics")}}))
     sequential = stage.cross_validate(local)
     pooled_config = parse_config(pool_params(prepared, "cv"))
-    pooled = stage.cross_validate(pooled_config, on_pool)
+    from prefect import flow
+
+    @flow(name="cv-probe")
+    def cv_stage():  # as the stage runs it: the fold runs are sub-runs of the stage's run
+        from prefect.runtime import flow_run
+
+        return stage.cross_validate(pooled_config, on_pool), flow_run.id
+
+    pooled, parent = cv_stage()
     a, b = (pd.read_csv(c.cv.per_patient_path).set_index("patient") for c in (local, pooled_config))
     assert list(a.index) == list(b.index) and b.index.is_unique  # every patient once, out of fold
     pd.testing.assert_frame_equal(a, b)  # the same numbers, wherever the folds ran
@@ -109,17 +118,30 @@ def test_folds_on_two_workers_overlap_and_equal_the_sequential_run(prepared, on_
     assert {r["worker"] for r in runs} == {"worker-0", "worker-1"}
     assert cluster.overlaps(runs), runs
     assert not (pooled_config.cv.out_dir / cv_pool.LEASES).exists()  # nothing of the pool's left in the output
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for r in runs:
+            child = client.read_flow_run(r["run"])
+            assert str(client.read_task_run(child.parent_task_run_id).flow_run_id) == str(parent)  # under the stage's run
 
     before = deployment_runs(DEPLOYMENT)
     again = stage.cross_validate(pooled_config, on_pool)  # a finished fold is never sent again
     assert deployment_runs(DEPLOYMENT) == before and again["dsc_mean"] == pooled["dsc_mean"]
 
 
-def test_a_failing_fold_fails_the_stage_with_its_message(prepared, on_pool):
-    config = parse_config(pool_params(prepared, "cv-fail"))
-    run = cv_pool.submit(config, 0, "not-the-key", 1)  # what a worker that sees other data meets
+def test_a_failing_fold_fails_the_stage_with_its_message_and_cancels_the_others(prepared, on_pool):
+    from prefect.client.orchestration import get_client
+
+    config = parse_config(pool_params(prepared, "cv-fail", steps_per_epoch=40))
+    folds = stage.assignments(stage.studied_manifest(config), config)
+    right = fold_key(folds[1], config, stage.data_digest(config))
+    runs = {0: cv_pool.submit(config, 0, "not-the-key", 1),  # what a worker that sees other data meets
+            1: cv_pool.submit(config, 1, right, 1)}
     with pytest.raises(UserError, match=r"fold 0 failed .*not what the cv stage started the fold with"):
-        cv_pool.wait(config, {0: run}, {0: "not-the-key"})
+        cv_pool.wait(config, runs, {0: "not-the-key", 1: right})
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(runs[1].flow_run).state.name in ("Cancelling", "Cancelled")
 
 
 def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepared, on_pool, workers):

@@ -95,12 +95,12 @@ def fold_done(config: PipelineConfig, fold: int, key: str) -> bool:
 
 
 def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignment: dict[str, str],
-             on_epoch: Callable | None = None, key: str | None = None) -> pd.DataFrame:
+             on_epoch: Callable | None = None, key: str | None = None, run: str | None = None) -> pd.DataFrame:
     """Train (or resume, or keep) fold ``fold`` and score its test patients; their score rows.
 
     ``fold.json`` keeps one entry an attempt (``worker``, ``started``, ``finished``): a fold resumed
     after its worker died shows both. ``key``: the one the caller computed (a pool's fold checks it
-    against the data it sees here)."""
+    against the data it sees here); ``run``: the orchestrator's id of this attempt (a flow run's)."""
     folder = config.cv.fold_dir(fold)
     key = key or fold_key(assignment, config, data_digest(config))
     if fold_done(config, fold, key):
@@ -110,7 +110,7 @@ def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignme
     if record.get("key") != key and folder.exists():
         shutil.rmtree(folder)  # another fold now (patients, recipe or data changed): start afresh
         record = {}
-    attempts = [*record.get("attempts", []), {"worker": worker_name(), "started": now()}]
+    attempts = [*record.get("attempts", []), {"worker": worker_name(), "started": now(), **({"run": run} if run else {})}]
     write_fold(folder, {"fold": fold, "key": key, "done": False, "parts": describe(assignment), "attempts": attempts})
     ours = fold_manifest(manifest, assignment)
     cfg = fold_config(config, fold)
@@ -135,8 +135,9 @@ def fold_runs(config: PipelineConfig) -> list[dict[str, Any]]:
     runs = []
     for fold in range(config.cv.folds):
         attempts = read_fold(config.cv.fold_dir(fold)).get("attempts") or [{}]
-        runs.append({"fold": fold, **{k: attempts[-1].get(k) for k in ("worker", "started", "finished")},
-                     "attempts": len(attempts)})
+        last = attempts[-1]
+        runs.append({"fold": fold, **{k: last.get(k) for k in ("worker", "started", "finished")},
+                     "attempts": len(attempts), **({"run": last["run"]} if last.get("run") else {})})
     return runs
 
 
