@@ -6,7 +6,8 @@ cluster (README, "The study on several machines"): one machine runs ``start_data
 ``start_prefect`` and ``start_mlflow`` (or your group's own servers), each GPU runs a worker.
 
     .cluster/lock          held while a demo cluster runs: a second one is refused
-    .cluster/postgres/     the database (tasks.postgres)
+    .cluster/postgres/     the database (tasks.postgres; under root, where 'nobody' cannot reach it,
+                           a folder of its own in /tmp)
     .cluster/prefect/      the Prefect server's home; prefect.log
     .cluster/mlartifacts/  MLflow's artifacts (a shared folder on a real cluster); mlflow.log
     .cluster/worker-<k>.log
@@ -147,8 +148,11 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def start_database(folder: Path, password: str, bind: str = HOST, name: str = HOST) -> postgres.Database:
-    database = postgres.start(folder / "postgres", free_port(), password, host=bind)
+def start_database(folder: Path, password: str, bind: str = HOST, name: str = HOST, say: Say = print) -> postgres.Database:
+    place = postgres.placed(folder / "postgres")
+    if place != folder / "postgres":
+        say(f"the database runs as 'nobody', who cannot reach {folder}: it lives in {place}")
+    database = postgres.start(place, free_port(), password, host=bind)
     return postgres.Database(database.folder, name, database.port)
 
 
@@ -267,8 +271,8 @@ def running(folder: Path, code_dir: Path, *, say: Say = print, environ: Mapping[
     password = environ.get(postgres.PASSWORD_VARIABLE) or secrets.token_urlsafe(24)
     name = socket.getfqdn() if bind == "0.0.0.0" else bind
     with exclusive(folder):
-        say(f"PostgreSQL in {folder / 'postgres'}")
-        cluster = Cluster(folder, start_database(folder, password, bind, name), password, bind, name)
+        say("PostgreSQL")
+        cluster = Cluster(folder, start_database(folder, password, bind, name, say), password, bind, name)
         try:
             say("the Prefect server, on PostgreSQL")
             start_prefect(cluster, code_dir, say, environ)
@@ -278,7 +282,7 @@ def running(folder: Path, code_dir: Path, *, say: Say = print, environ: Mapping[
         finally:
             for service in reversed(cluster.services):
                 stop_service(service)
-            postgres.stop(folder / "postgres")
+            postgres.stop(cluster.database.folder)
 
 
 # ---------------------------------------------------------------- the demo

