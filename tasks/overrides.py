@@ -114,8 +114,9 @@ def path_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 
 
 # keys a run started through the Prefect API may not set: folders and files on this machine (an
-# output there replaces what was there), and where MLflow sends the run
-LOCAL_ONLY = frozenset(path_keys(PipelineConfig) | {"mlflow.tracking_uri"})
+# output there replaces what was there), where MLflow sends the run, and where the folds run (which
+# deployment the cv stage starts runs of is the machine's owner's choice)
+LOCAL_ONLY = frozenset(path_keys(PipelineConfig) | {"mlflow.tracking_uri", "cv.executor", "cv.pool.deployment"})
 
 
 def refuse_local_only(overrides: Mapping[str, str]) -> None:

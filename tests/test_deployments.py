@@ -305,7 +305,8 @@ def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, pref
 
 @pytest.mark.parametrize("key, value", [("prepare.out_dir", "/home/someone/important"), ("data.path", "/tmp/x"),
                                         ("train.out_dir", "../elsewhere"), ("augment.preview", "/etc/passwd"),
-                                        ("mlflow.tracking_uri", "http://evil.example:5000")])
+                                        ("mlflow.tracking_uri", "http://evil.example:5000"),
+                                        ("cv.executor", "pool"), ("cv.pool.deployment", "other-flow/theirs")])
 def test_a_run_cannot_point_the_pipeline_at_another_folder_or_store(key, value, prefect_api, monkeypatch):
     started = []
     monkeypatch.setattr(experiment, "run_dvc", lambda *args: started.append(args))
