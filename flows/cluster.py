@@ -6,7 +6,7 @@
 
 ``demo`` starts PostgreSQL, the Prefect and MLflow servers on it and the workers (``tasks.cluster``),
 runs the cv stage through the pool, prints where each fold ran, and stops what it started
-(``--keep``: after Enter, so that the UIs can be looked at first).
+(``--keep``: after Enter, or Ctrl-C/SIGTERM without a terminal, so that the UIs can be looked at first).
 """
 
 from __future__ import annotations
@@ -48,10 +48,26 @@ def demo(args: argparse.Namespace) -> int:
             f"{metrics.get('tracking_store')}")
         say(f"Prefect UI {running.prefect_api.removesuffix('/api')} (the cv run and its fold runs), MLflow UI "
             f"{running.mlflow_url}; logs in {running.folder}")
-        if args.keep and sys.stdin.isatty():
-            input("demo-cluster: press Enter to stop the cluster ")
+        if args.keep:
+            keep_until_told()
         say("stopping the workers, the servers and PostgreSQL")
     return 0
+
+
+def keep_until_told() -> None:
+    """Until Enter (a terminal) or Ctrl-C / SIGTERM (anything else: a script that looks at the UIs)."""
+    if sys.stdin.isatty():
+        try:
+            input("demo-cluster: press Enter to stop the cluster ")
+        except (KeyboardInterrupt, EOFError):
+            pass
+        return
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+    print("demo-cluster: kept until SIGINT or SIGTERM", flush=True)
+    while not stop:
+        time.sleep(0.5)
 
 
 def up(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
@@ -14,7 +15,7 @@ from tasks.common import stage_task
 from tasks.postgres import without_password
 from tasks.register import move_aliases, register_version
 from tasks.reports import cv_report, figures, publish
-from tasks.tracking import log_datasets, log_metrics, run_datasets, tracking_uri, use_experiment
+from tasks.tracking import log_datasets, log_metrics, repo_root, run_datasets, tracking_uri, use_experiment
 from unet.config import PipelineConfig
 from unet.cv import stage
 from unet.cv.folds import fold_config
@@ -35,8 +36,14 @@ def run_fold(config: PipelineConfig, manifest, fold: int, assignment: dict[str, 
 
 def tracking_store(config: PipelineConfig, environ=os.environ) -> str:
     """Where this stage's MLflow records go, without a password: the store a shared tracking server
-    keeps them in when its launcher says so (``LGG_TRACKING_STORE``), else the tracking URI."""
-    return without_password(environ.get(TRACKING_STORE_VARIABLE) or tracking_uri(config.mlflow, environ))
+    keeps them in when its launcher says so (``LGG_TRACKING_STORE``), else the tracking URI; a SQLite
+    file in the repository by its path from the repository root (as params.yaml writes it), so that
+    ``cv.json`` names no folder of this machine."""
+    uri = without_password(environ.get(TRACKING_STORE_VARIABLE) or tracking_uri(config.mlflow, environ))
+    root = Path(environ.get("DVC_ROOT") or repo_root()).resolve()
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).resolve().is_relative_to(root):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve().relative_to(root)}"
+    return uri
 
 
 ENSEMBLE_SCORE = "cv_dsc_mean"  # the registry decides on it: per-volume DSC over every patient, out of fold

@@ -202,3 +202,15 @@ def test_a_second_cluster_in_one_folder_is_refused(tmp_path):
     with cluster.exclusive(tmp_path):  # free again once the first ended
         pass
     shutil.rmtree(tmp_path)
+
+
+def test_cv_json_names_the_tracking_store_without_password_or_local_folder(tmp_path, monkeypatch):
+    from tasks.cv import tracking_store
+
+    config = parse_config(tiny_stage_params(tmp_path))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    assert tracking_store(config, {}) == "sqlite:///mlflow.db"
+    shared = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "LGG_TRACKING_STORE": "postgresql://lgg:pw@db:5432/mlflow"}
+    assert tracking_store(config, shared) == "postgresql://lgg:***@db:5432/mlflow"
+    assert tracking_store(config, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) == "http://mlflow:5000"
