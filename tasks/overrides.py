@@ -19,6 +19,7 @@ from unet.config import ConfigError, PipelineConfig, parse_config, read_params
 
 
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
+MAX_VALUE_CHARS, MAX_OVERRIDES = 256, 64  # params values are short; a 200 KB one broke DVC's command line
 
 
 # the typed parameters a user sees in the UI, and the params.yaml key each one sets
@@ -72,11 +73,19 @@ def validate_overrides(params_path: Path, overrides: Mapping[str, str]) -> Pipel
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    if len(overrides) > MAX_OVERRIDES:
+        raise ConfigError(f"{len(overrides)} overrides: a run sets at most {MAX_OVERRIDES}")
     raw = read_params(params_path)
     parser, errors = OverridesParser.create(), []
     for key, text in overrides.items():
-        if not KEY.match(key):
-            errors.append(f"  {key!r}: not a dotted params key; write section.key, e.g. train.epochs")
+        if not KEY.match(key) or len(key) > 100:
+            errors.append(f"  {key[:100]!r}: not a dotted params key; write section.key, e.g. train.epochs")
+            continue
+        if len(text) > MAX_VALUE_CHARS:
+            errors.append(f"  {key}: a value of {len(text)} characters; a params value has at most {MAX_VALUE_CHARS}")
+            continue
+        if "${" in text:  # DVC (OmegaConf) would resolve it when it writes params.yaml: ${oc.env:SECRET}
+            errors.append(f"  {key}={text}: interpolation (${{...}}) is not allowed in a run's values; give the value itself")
             continue
         try:
             override = parser.parse_override(f"{key}={text}")

@@ -316,6 +316,21 @@ def test_a_run_cannot_point_the_pipeline_at_another_folder_or_store(key, value, 
         state.result()
 
 
+@pytest.mark.parametrize("key, value, said", [
+    ("registry.model_name", "${oc.env:KAGGLE_KEY}", "interpolation"),  # DVC would resolve the serving user's secret
+    ("mlflow.experiment", "x-${oc.env:HOME}", "interpolation"),
+    ("registry.model_name", "a" * 200_000, "at most 256"),  # once: "Argument list too long"
+    ("registry.model_name", "lgg/../unet", "should match pattern"),
+    ("data.kaggle_dataset", "../../etc", "should match pattern")])
+def test_a_run_cannot_smuggle_interpolation_or_huge_or_odd_text(key, value, said, prefect_api, monkeypatch):
+    started = []
+    monkeypatch.setattr(experiment, "run_dvc", lambda *args: started.append(args))
+    state = pipeline.pipeline_flow(overrides={key: value}, return_state=True)
+    assert state.is_failed() and not started
+    with pytest.raises(ConfigError, match=said):
+        state.result()
+
+
 @pytest.mark.parametrize("name", ["--force", "x; rm -rf ~", "../up", "a b"])
 def test_an_experiment_name_cannot_smuggle_options(name):
     with pytest.raises(ConfigError, match="experiment_name"):

@@ -59,7 +59,8 @@ class DataConfig(_Section):
 
     source: Literal["synthetic", "kaggle", "archive", "local"] = "synthetic"
     path: Path | None = None
-    kaggle_dataset: str = "mateuszbuda/lgg-mri-segmentation"
+    kaggle_dataset: str = Field("mateuszbuda/lgg-mri-segmentation", max_length=200,
+                                pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # owner/name
     copy_local: bool = True
     raw_dir: Path = Path("data/raw")
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -379,7 +380,7 @@ class RadiogenomicsConfig(_Section):
 class RegistryConfig(_Section):
     """The register stage: the train run's model into the MLflow registry, champion if it scores better."""
 
-    model_name: str = Field("lgg-unet", min_length=1)
+    model_name: str = Field("lgg-unet", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     export: bool = True  # ONNX + TorchScript (checked on real slices) and the model card beside each version
     out_dir: Path = Path("metrics")  # registry.json: version, aliases, decision, scores
 
@@ -392,7 +393,7 @@ class MlflowConfig(_Section):
     """Where runs are tracked: None is sqlite:///<repo>/mlflow.db; MLFLOW_TRACKING_URI overrides both."""
 
     tracking_uri: str | None = None
-    experiment: str = Field("lgg-unet", min_length=1)
+    experiment: str = Field("lgg-unet", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _./-]*$")
 
 
 class PipelineConfig(_Section):
