@@ -120,7 +120,7 @@ def test_existing_description_is_kept_and_gains_our_entry(tmp_path):
     assert description["Name"] == "fmriprep-like" and description["GeneratedBy"] == [other["GeneratedBy"][0], GENERATED]
     (tmp_path / "dataset_description.json").write_text(json.dumps({**other, "DatasetType": "raw"}))
     with pytest.raises(InputError, match="not 'derivative'.*derivatives/lgg-unet"):
-        write_derivative(tmp_path, "01", a_mask(), AFFINE, generated_by=GENERATED)
+        write_derivative(tmp_path, "03", a_mask(), AFFINE, generated_by=GENERATED)
 
 
 def test_bad_masks_and_affines(tmp_path):
@@ -163,3 +163,37 @@ def test_lgg_predict_bids_from_a_bids_named_nifti(tmp_path):
     np.testing.assert_allclose(nib.load(str(out)).affine, affine)
     sidecar = json.loads(out.with_name("sub-01_ses-pre_desc-tumor_mask.json").read_text())
     assert sidecar["Threshold"] == 0.5 and sidecar["Model"]["sha256"] and sidecar["InputKind"] == "nifti"
+
+
+def test_lgg_predict_bids_never_replaces_another_authors_mask(tmp_path, capsys):
+    import torch
+
+    from unet.models.checkpoint import save_checkpoint
+    from unet.models.unet import build_model
+    from unet.predict.cli import main
+
+    torch.manual_seed(0)
+    model = build_model("reference", features=4, depth=2)
+    meta = {"preprocess": {"image_size": 32, "crop_threshold": 0.1, "clip_percentiles": [10, 99]}, "threshold": 0.5}
+    checkpoint = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "model_config": model.config,
+                                                     "metadata": meta})
+    volume = np.random.default_rng(0).integers(0, 255, (32, 32, 4, 3)).astype(np.uint8)
+    source = tmp_path / "private-hospital" / "sub-01_FLAIR.nii.gz"
+    source.parent.mkdir()
+    nib.save(nib.Nifti1Image(volume, np.diag([0.9, 0.9, 3.0, 1.0])), str(source))
+    anat = tmp_path / "d/sub-01/anat"
+
+    def predict(out: str, *extra: str) -> int:
+        return main(["--model", str(checkpoint), "--input", str(source), "--output", str(tmp_path / out),
+                     "--bids", str(tmp_path / "d"), *extra])
+
+    assert predict("o1") == 0
+    sidecar = json.loads((anat / "sub-01_desc-tumor_mask.json").read_text())
+    assert sidecar["Sources"] == ["sub-01_FLAIR.nii.gz"] and sidecar["Model"]["path"] == "m.pt"  # names, no folders
+    assert predict("o2") == 2 and "--overwrite" in capsys.readouterr().err  # refused, as --output is
+    assert predict("o3", "--overwrite") == 0  # our own earlier mask: replaced when asked
+    (anat / "sub-01_desc-tumor_mask.json").write_text(json.dumps({"Description": "a radiologist's manual mask"}))
+    nib.save(nib.Nifti1Image(np.ones((32, 32, 4), np.uint8), np.eye(4)), str(anat / "sub-01_desc-tumor_mask.nii.gz"))
+    before = {p.name: p.read_bytes() for p in anat.iterdir()}
+    assert predict("o4", "--overwrite") == 2 and "was not written by lgg-unet" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in anat.iterdir()} == before

@@ -196,6 +196,20 @@ def test_overwrite_replaces_only_what_an_earlier_run_wrote(tmp_path, models):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
 
 
+def test_overwrite_deletes_nothing_a_forged_summary_names_outside_its_own_files(tmp_path, models):
+    out = tmp_path / "out"
+    assert run(tmp_path, models["tumour"], write_folder(tmp_path)) == 0
+    victims = [tmp_path / "victim.txt", out / "notes.txt", out / "overlays/figure.png"]
+    for victim in victims:
+        victim.write_text("someone's")
+    summary = json.loads((out / "summary.json").read_text())
+    summary.update(mask=str(victims[0]), overlays=["../victim.txt", str(victims[1]), "overlays/figure.png",
+                                                   "overlays/../notes.txt", *summary["overlays"]])
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert run(tmp_path, models["tumour"], write_tiff(tmp_path), "--overwrite") == 0
+    assert all(victim.read_text() == "someone's" for victim in victims)
+
+
 def _grey_png(root: Path) -> tuple[list[Path], str]:
     Image.fromarray(np.zeros((H, W), np.uint8)).save(root / "grey.png")
     return [root / "grey.png"], "grey.png: expected an RGB slice"

@@ -43,6 +43,7 @@ BIDS_VERSION = "1.10.0"
 PIPELINE = "lgg-unet"
 CODE_URL = None  # set to the repository's URL to have it in GeneratedBy
 DESCRIPTION = "tumor"
+SIDECAR_DESCRIPTION = "Lower-grade-glioma FLAIR abnormality predicted by a U-Net"
 SUFFIX = "mask"
 SCANNER = 1  # NIfTI xform code "scanner anatomical"
 # The entity order of the BIDS specification (appendix "Entity table"), for file names.
@@ -181,7 +182,7 @@ def write_derivative(root: str | Path, subject: str, mask: np.ndarray, affine: n
                      generated_by: Mapping[str, Any] | None = None, sources: Sequence[str] | None = None,
                      model: Mapping[str, Any] | None = None, threshold: float | None = None,
                      extra: Mapping[str, Any] | None = None, header: nib.Nifti1Header | None = None,
-                     dataset_name: str | None = None) -> DerivativeFiles:
+                     dataset_name: str | None = None, overwrite: bool = False) -> DerivativeFiles:
     """Write one mask into the BIDS derivative dataset at ``root`` (module doc).
 
     ``mask`` is (S, H, W) 0/1 in the slice order of ``unet.predict`` (written as NIfTI (H, W, S)),
@@ -189,7 +190,9 @@ def write_derivative(root: str | Path, subject: str, mask: np.ndarray, affine: n
     entities, a dict or its BIDS file name; its ``sub`` must agree with ``subject``. ``sources`` go to
     the sidecar's Sources (default: the source file name, when one was given). ``header``, the
     source's NIfTI header, gives the xform codes; without one (or with codes 0) both are 1, scanner.
-    ``generated_by`` is the GeneratedBy entry (default: ``default_generated_by()``).
+    ``generated_by`` is the GeneratedBy entry (default: ``default_generated_by()``). A mask or sidecar
+    already there is replaced only with ``overwrite`` and only when this pipeline wrote it; another
+    author's is never touched.
     """
     root = Path(root)
     entities, sources = _mask_entities(subject, source_entities, sources)
@@ -197,11 +200,33 @@ def write_derivative(root: str | Path, subject: str, mask: np.ndarray, affine: n
     folder = _anat_folder(root, entities)
     mask_path = folder / derivative_name(entities)
     sidecar_path = folder / derivative_name(entities, extension=".json")
+    _check_replaceable([mask_path, sidecar_path], overwrite)
     entry = dict(generated_by) if generated_by is not None else default_generated_by()
     description_path = write_dataset_description(root, entry, name=dataset_name)
     _write_mask(mask_path, mask, affine, header)
     _write_json(sidecar_path, _sidecar(sources, model, threshold, extra))
     return DerivativeFiles(mask_path, sidecar_path, description_path)
+
+
+def _ours(path: Path) -> bool:
+    """Whether this pipeline wrote ``path``: its sidecar's Description, or its mask's header."""
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text()).get("Description", "").startswith(SIDECAR_DESCRIPTION)
+        return bytes(nib.load(path).header["descrip"]).decode(errors="replace").startswith(PIPELINE)
+    except (OSError, ValueError, AttributeError, nib.filebasedimages.ImageFileError):
+        return False
+
+
+def _check_replaceable(paths: Sequence[Path], overwrite: bool) -> None:
+    there = [path for path in paths if path.exists()]
+    if there and not overwrite:
+        raise InputError(f"{there[0]} exists: name another --bids folder, or pass --overwrite to replace an earlier "
+                         "lgg-predict result there")
+    foreign = [path for path in there if not _ours(path)]
+    if foreign:
+        raise InputError(f"{foreign[0]} exists and was not written by {PIPELINE}: it is kept even with --overwrite; "
+                         "name another --bids folder")
 
 
 def _mask_entities(subject: str, source_entities: Mapping[str, str] | str | Path | None,
@@ -259,8 +284,7 @@ def _write_mask(path: Path, mask: np.ndarray, affine: np.ndarray, header: nib.Ni
 
 def _sidecar(sources: Sequence[str] | None, model: Mapping[str, Any] | None, threshold: float | None,
              extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    sidecar: dict[str, Any] = {"Description": "Lower-grade-glioma FLAIR abnormality predicted by a U-Net "
-                                              "(research use only, not a medical device)",
+    sidecar: dict[str, Any] = {"Description": f"{SIDECAR_DESCRIPTION} (research use only, not a medical device)",
                                "Type": "Lesion", "Sources": list(sources or [])}
     if model is not None:
         sidecar["Model"] = dict(model)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MASK_NAME = "mask.nii.gz"
 SUMMARY_NAME = "summary.json"
 OVERLAY_DIR = "overlays"
+OVERLAY_NAME = re.compile(rf"{OVERLAY_DIR}/slice_[0-9]{{1,4}}\.png")  # what this command names its overlays
 N_OVERLAYS = 6
 SINGLE_SLICE_WARNING = (
     "%s is a single slice: the preprocessing crops, clips and z-scores over the whole volume, so one "
@@ -150,12 +152,13 @@ def write_bids(options: PredictOptions, scan: Scan, mask: np.ndarray, segmenter:
         entities = dict(source_entities_for(source))  # InputError asking for --bids-subject when neither
     if options.bids_session:
         entities["ses"] = options.bids_session
-    files = write_derivative(
+    files = write_derivative(  # file names only: a folder can carry a hospital's or a patient's name
         options.bids, entities["sub"], mask, scan.affine, source_entities=entities,
-        sources=[str(p) for p in scan.sources], header=scan.header, threshold=segmenter.threshold,
-        model={"path": summary["model"]["path"], "sha256": summary["model"]["sha256"],
+        sources=[Path(p).name for p in scan.sources], header=scan.header, threshold=segmenter.threshold,
+        model={"path": Path(summary["model"]["path"]).name, "sha256": summary["model"]["sha256"],
                "config": summary["model"]["config"], "image_size": segmenter.image_size},
-        extra={"LargestComponent": summary["largest_component"], "TTA": segmenter.tta, "InputKind": scan.kind})
+        extra={"LargestComponent": summary["largest_component"], "TTA": segmenter.tta, "InputKind": scan.kind},
+        overwrite=options.overwrite)
     return files.mask
 
 
@@ -168,13 +171,17 @@ def _sha256(path: Path) -> str:
 
 
 def earlier_outputs(output: Path) -> list[Path]:
-    """The files an earlier lgg-predict wrote to ``output`` (its summary lists them): all it may replace."""
+    """The files an earlier lgg-predict wrote to ``output``: all it may replace. Only names this command
+    writes count (the mask, ``overlays/slice_<n>.png``, the summary), whatever else a ``summary.json``
+    lists: a summary naming ``../x`` or an absolute path deletes nothing outside."""
     summary = output / SUMMARY_NAME
     try:
         listed = json.loads(summary.read_text())
     except (OSError, ValueError):
         return []
-    return [output / name for name in [listed.get("mask", MASK_NAME), *listed.get("overlays", [])]] + [summary]
+    overlays = listed.get("overlays", []) if isinstance(listed, dict) else []
+    names = [MASK_NAME, *(n for n in overlays if isinstance(n, str) and OVERLAY_NAME.fullmatch(n))]
+    return [output / name for name in names] + [summary]
 
 
 def check_output(output: Path, overwrite: bool) -> None:
