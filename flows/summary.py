@@ -24,18 +24,35 @@ def run(config: PipelineConfig) -> dict:
           f"mean {evaluation['dsc_mean']:.3f}, median {evaluation['dsc_median']:.3f}; "
           f"global Dice {evaluation['global_dice']:.3f}")
     if config.cv.folds and config.cv.metrics_path.is_file():
-        cv = read_summary(config.cv.metrics_path, "cv")
-        print(f"cross-validation, {cv['folds']} folds: every one of {cv['n_volumes']} patients segmented by a model that "
-              f"never saw it: per-volume DSC mean {cv['dsc_mean']:.3f}, median {cv['dsc_median']:.3f} (fold means "
-              f"{cv['fold_dsc_min']:.3f}..{cv['fold_dsc_max']:.3f}); a fold trains on {1 - 1 / cv['folds']:.0%} of them")
-    print(f"registry: {registry['model_name']} version {registry['version']}: {registry['decision']}; "
-          f"champion is version {registry['champion_version']}")
+        print(cv_summary(read_summary(config.cv.metrics_path, "cv")))
+    champion = f"champion is version {registry['champion_version']}" if registry.get("champion_version") else "no champion yet"
+    print(f"registry: {registry['model_name']} version {registry['version']}: {registry['decision']}"
+          + (f" ({registry['why']})" if registry.get("why") else "") + f"; {champion}")
     print(f"MLflow store: {tracking_uri(config.mlflow)}")
     print(project_server.describe(project_server.project_home(Path.cwd(), os.environ)))
     print(f"MLflow UI: make ui, then http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}; "
           "curves: dvc plots show (reports/*.png offline)")
     print(f"use it: mlflow.pyfunc.load_model('models:/{registry['model_name']}@champion').predict(slices)")
     return registry
+
+
+def cv_summary(cv: dict) -> str:
+    """What the cross-validation shows, in words: its figure, the folds that did not learn, the
+    patients it missed and what they cost the mean."""
+    lines = [f"cross-validation, {cv['folds']} folds: every one of {cv['n_volumes']} patients segmented by a model "
+             f"that never saw it (a fold trains on {1 - 1 / cv['folds']:.0%} of them): per-volume DSC mean "
+             f"{cv['dsc_mean']:.3f}, median {cv['dsc_median']:.3f}, fold means {cv['fold_dsc_min']:.3f}.."
+             f"{cv['fold_dsc_max']:.3f}"]
+    missed = cv.get("missed_patients") or []
+    if missed:
+        names = ", ".join(f"{m['patient']} (fold {m['fold']})" for m in missed)
+        lines.append(f"  missed (DSC under 0.1): {names}; without them the mean is {cv['dsc_mean_without_missed']:.3f}. "
+                     "On a few patients one missed lesion moves the mean by hundredths: the median is the steadier "
+                     "figure")
+    for k in cv.get("failed_folds") or []:
+        lines.append(f"  fold {k} did not learn (mean DSC {cv['fold_dsc_mean'][str(k)]:.3f}): its ensemble is not "
+                     "made champion; more epochs (cv.epochs) or another cv.seed")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

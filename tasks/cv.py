@@ -70,7 +70,8 @@ def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[s
     name = f"{config.registry.model_name}-cv"
     version = register_version(name, run_id, info.model_uri, ENSEMBLE_SCORE, float(metrics["dsc_mean"]))
     return {"model_name": name, "version": int(version), "run_id": run_id,
-            **move_aliases(name, version, float(metrics["dsc_mean"]))}
+            **move_aliases(name, version, float(metrics["dsc_mean"]), config.registry.champion_floor,
+                           held=stage.failed_folds_said(metrics))}
 
 
 def publish_report(config: PipelineConfig, metrics: dict[str, Any]) -> None:

@@ -56,18 +56,21 @@ def champion_of(client: MlflowClient, name: str) -> tuple[str, float] | None:
 
 
 @stage_task(name="move-aliases")
-def move_aliases(name: str, version: str, score: float) -> dict[str, Any]:
-    """``challenger`` to ``version``; ``champion`` too when it scores better (or is the first)."""
+def move_aliases(name: str, version: str, score: float, floor: float = 0.0, held: str | None = None) -> dict[str, Any]:
+    """``challenger`` to ``version``; ``champion`` too when it scores better (or is the first), and at
+    least ``floor``, and nothing ``held`` it back."""
     client = MlflowClient()
     champion = champion_of(client, name)
-    decision = decide(version, score, champion)
+    decision = decide(version, score, champion, floor, held)
     client.set_registered_model_alias(name, CHALLENGER, version)
     if decision in ("first", "promoted"):
         client.set_registered_model_alias(name, CHAMPION, version)
+    aliases = client.get_registered_model(name).aliases
+    why = {"below-floor": f"DSC {score:.3f} is under registry.champion_floor {floor:g}", "held": held}.get(decision)
     return {"decision": decision, "aliases": sorted(client.get_model_version(name, version).aliases),
-            "champion_version": int(client.get_registered_model(name).aliases[CHAMPION]),
+            "champion_version": int(aliases[CHAMPION]) if CHAMPION in aliases else None,
             "previous_champion_version": int(champion[0]) if champion else None,
-            "previous_champion_score": champion[1] if champion else None}
+            "previous_champion_score": champion[1] if champion else None, **({"why": why} if why else {})}
 
 
 def register(config: PipelineConfig) -> dict[str, Any]:
@@ -80,7 +83,7 @@ def register(config: PipelineConfig) -> dict[str, Any]:
     score_metric, score = run_score(MlflowClient().get_run(record["run_id"]).data.metrics)
     version = register_version(name, record["run_id"], record["model_uri"], score_metric, score)
     result = {"model_name": name, "version": int(version), "run_id": record["run_id"], "score_metric": score_metric,
-              "score": score, **move_aliases(name, version, score)}
+              "score": score, **move_aliases(name, version, score, config.registry.champion_floor)}
     if config.registry.export:
         result["export"] = export_and_describe(config, record, version)
     with atomic_file(config.registry.record_path, "w") as handle:

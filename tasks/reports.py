@@ -177,7 +177,23 @@ def cv_report(metrics: Mapping) -> str:
             f"over {metrics['n_volumes']} patients\n\n" + table(["metric", "mean", "median"], rows) + "\n\n"
             + table(["fold", "DSC mean"], folds)
             + f"\n\nFold means: std {metrics['fold_dsc_std']:.4f}, {metrics['fold_dsc_min']:.4f} to "
-              f"{metrics['fold_dsc_max']:.4f}. Every patient is scored once, by the fold model that never saw it.\n")
+              f"{metrics['fold_dsc_max']:.4f}. Every patient is scored once, by the fold model that never saw it.\n"
+            + cv_caveats(metrics))
+
+
+def cv_caveats(metrics: Mapping) -> str:
+    """The folds that did not learn and the patients missed, said as such (not only in the numbers)."""
+    lines = []
+    for k in metrics.get("failed_folds") or []:
+        lines.append(f"- **Fold {k} did not learn** (mean DSC {float(metrics['fold_dsc_mean'][str(k)]):.4f}): its "
+                     "ensemble is registered but not made champion.")
+    missed = metrics.get("missed_patients") or []
+    if missed:
+        lines.append(f"- **{len(missed)} patient(s) missed** (DSC under 0.1): "
+                     + ", ".join(f"{m['patient']} (fold {m['fold']})" for m in missed)
+                     + f". Without them the mean is {float(metrics['dsc_mean_without_missed']):.4f}; the median "
+                     "is the steadier figure on a few patients.")
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def radiogenomics_report(result: Mapping) -> str:

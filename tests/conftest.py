@@ -97,6 +97,7 @@ def tiny_stage_params(root: Path, *, metrics_dir: str = "metrics", overlay_patie
                   "out_dir": str(root / "models"), "metrics_dir": str(root / metrics_dir), **train},
         "evaluate": {"out_dir": str(root / "metrics"), "predictions_dir": str(root / "predictions"),
                      "overlays_dir": str(root / "overlays"), "overlay_patients": overlay_patients},
+        "registry": {"champion_floor": 0.0},  # a 2-epoch model at 32 px is a champion here: the rule's moves are tested
     })
 
 

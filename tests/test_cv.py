@@ -138,7 +138,7 @@ def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect
 
     root, _ = prepared
     config = parse_config(cv_params(root, out_dir=str(root / "cv-ens"), metrics_dir=str(root / "ens"), folds=2,
-                                    epochs=1) | {"registry": {"model_name": "lgg-test-cv-base"}})
+                                    epochs=1) | {"registry": {"model_name": "lgg-test-cv-base", "champion_floor": 0.0}})
     metrics = cv_flow.run(config)
     manifest = read_manifest(config.prepare.manifest_path)
     rows = manifest[manifest["patient"] == manifest["patient"].iloc[0]].sort_values("index")
@@ -150,7 +150,7 @@ def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect
     subprocess.run([sys.executable, "-c", code, tmp_path / "slices.npy", tmp_path / "mask.npy"], cwd=tmp_path,
                    env=os.environ, check=True, timeout=180)
     np.testing.assert_array_equal(np.load(tmp_path / "mask.npy"), expected)
-    worse = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": metrics["dsc_mean"] - 0.1})
+    worse = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": max(metrics["dsc_mean"] - 0.1, 0.0)})
     better = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": metrics["dsc_mean"] + 0.1})
     assert (worse["decision"], better["decision"]) == ("kept", "promoted")
     # the ensemble's page lists the data its figures come from: every patient, out of fold
@@ -167,3 +167,19 @@ def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect
     (dataset,) = client.get_run(better["run_id"]).inputs.dataset_inputs
     assert (dataset.dataset.name, [(t.key, t.value) for t in dataset.tags]) == \
         ("lgg-prepared-all", [("mlflow.data.context", "cross-validation")])
+
+
+def test_a_fold_that_did_not_learn_and_the_missed_patients_are_said():
+    from flows.summary import cv_summary
+    from tasks.reports import cv_report
+
+    table = pd.DataFrame({"patient": [f"P{k}" for k in range(6)], "fold": [0, 0, 1, 1, 2, 2],
+                          "dsc": [0.0, 0.02, 0.8, 0.9, 0.85, 0.0], "recall": [0.0, 0.01, 0.8, 0.9, 0.8, 0.0]}
+                         ).assign(**{c: 0.5 for c in stage.SCORES if c not in ("dsc", "recall")})
+    metrics = stage.summarise(table, 3, failed_below=0.25)
+    assert metrics["failed_folds"] == [0] and [m["patient"] for m in metrics["missed_patients"]] == ["P0", "P1", "P5"]
+    assert metrics["dsc_mean_without_missed"] == pytest.approx((0.8 + 0.9 + 0.85) / 3)
+    said = cv_summary(metrics)
+    assert "fold 0 did not learn" in said and "missed (DSC under 0.1): P0 (fold 0), P1 (fold 0), P5 (fold 2)" in said
+    assert "**Fold 0 did not learn**" in cv_report(metrics) and "3 patient(s) missed" in cv_report(metrics)
+    assert stage.failed_folds_said(metrics).startswith("1 fold(s) did not learn (fold 0 DSC 0.010")

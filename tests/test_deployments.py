@@ -321,7 +321,7 @@ def test_a_run_cannot_point_the_pipeline_at_another_folder_or_store(key, value, 
     ("mlflow.experiment", "x-${oc.env:HOME}", "interpolation"),
     ("registry.model_name", "a" * 200_000, "at most 256"),  # once: "Argument list too long"
     ("registry.model_name", "lgg/../unet", "should match pattern"),
-    ("data.kaggle_dataset", "../../etc", "should match pattern")])
+    ("data.kaggle_dataset", "../../etc", "is not 'owner/name'")])
 def test_a_run_cannot_smuggle_interpolation_or_huge_or_odd_text(key, value, said, prefect_api, monkeypatch):
     started = []
     monkeypatch.setattr(experiment, "run_dvc", lambda *args: started.append(args))

@@ -37,7 +37,7 @@ MODEL = "lgg-unet-test"
 
 def params_for(root: Path, metrics_dir: str = "metrics") -> dict:
     return {**tiny_stage_params(root, metrics_dir=metrics_dir, overlay_patients=1),
-            "registry": {"model_name": MODEL, "out_dir": str(root / metrics_dir)},
+            "registry": {"model_name": MODEL, "out_dir": str(root / metrics_dir), "champion_floor": 0.0},
             "mlflow": {"experiment": "lgg-test"}}
 
 
@@ -97,6 +97,16 @@ def test_evaluation_metrics_are_prefixed_by_split(evaluation, expected):
 ])
 def test_decide_moves_champion_only_on_a_better_score(version, score, champion, decision):
     assert decide(version, score, champion) == decision
+
+
+@pytest.mark.parametrize(("score", "champion", "held", "decision"), [
+    (0.33, None, None, "below-floor"),  # the demo's first CV ensemble once: never champion, not even the first
+    (0.95, ("1", 0.8), None, "promoted"),
+    (0.49, ("1", 0.3), None, "below-floor"),  # better than a weak champion, still under the floor
+    (0.90, None, "1 fold(s) did not learn", "held"),
+])
+def test_a_champion_must_meet_the_floor_and_have_no_failed_fold(score, champion, held, decision):
+    assert decide("2", score, champion, floor=0.5, held=held) == decision
 
 
 @pytest.mark.parametrize(("metrics", "expected"), [
@@ -222,7 +232,7 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     shown = {m.key: m.value for m in client().get_logged_model(model_id).metrics}
     assert shown["val_dsc_mean"] == pytest.approx(score) and "test_dsc_mean" in shown
 
-    worse = register.run(fake_run(root, config, "worse", score - 0.1))
+    worse = register.run(fake_run(root, config, "worse", max(score - 0.1, 0.0)))
     assert (worse["version"], worse["decision"], worse["aliases"]) == (2, "kept", ["challenger"])
     assert worse["champion_version"] == 1 and worse["previous_champion_score"] == pytest.approx(score)
 

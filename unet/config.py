@@ -13,6 +13,7 @@ place they are spelt in Python; ``dvc.yaml`` names the same files (a test checks
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,13 +55,15 @@ class SyntheticConfig(_Section):
         return self
 
 
+KAGGLE_DATASET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")  # owner/name, nothing else
+
+
 class DataConfig(_Section):
     """Where the raw Kaggle-layout tree comes from and where the download stage puts it."""
 
     source: Literal["synthetic", "kaggle", "archive", "local"] = "synthetic"
     path: Path | None = None
-    kaggle_dataset: str = Field("mateuszbuda/lgg-mri-segmentation", max_length=200,
-                                pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # owner/name
+    kaggle_dataset: str = Field("mateuszbuda/lgg-mri-segmentation", max_length=200)  # owner/name
     copy_local: bool = True
     raw_dir: Path = Path("data/raw")
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -75,7 +78,7 @@ class DataConfig(_Section):
                 raise ValueError(
                     f"data.path {str(self.path)!r} does not exist: point it at {kind}"
                 )
-        if self.source == "kaggle" and self.kaggle_dataset.count("/") != 1:
+        if not KAGGLE_DATASET.fullmatch(self.kaggle_dataset):
             raise ValueError(
                 f"data.kaggle_dataset {self.kaggle_dataset!r} is not 'owner/name', "
                 "e.g. 'mateuszbuda/lgg-mri-segmentation'"
@@ -382,6 +385,10 @@ class RegistryConfig(_Section):
 
     model_name: str = Field("lgg-unet", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     export: bool = True  # ONNX + TorchScript (checked on real slices) and the model card beside each version
+    # champion only at or above this DSC (validation; the CV's per-volume mean for the fold ensemble, which
+    # also needs every fold to have learned: a fold mean under half of it): a model that did not learn is
+    # registered, never made champion
+    champion_floor: Fraction = 0.5
     out_dir: Path = Path("metrics")  # registry.json: version, aliases, decision, scores
 
     @property

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FOLD_FILE, SCORES_FILE, ENSEMBLE_FILE = "fold.json", "scores.csv", "ensemble.json"
 SCORES = ("dsc", "dsc_no_postprocess", "iou", "precision", "recall", "hd95", "avd_relative")
+MISSED_DSC = 0.1  # a patient under this was missed: the lesion not found, or nothing found
 
 
 def data_digest(config: PipelineConfig) -> str:
@@ -161,8 +162,9 @@ def gather_predictions(config: PipelineConfig) -> int:
     return count
 
 
-def summarise(table: pd.DataFrame, folds: int) -> dict[str, Any]:
-    """``cv.json``: per-volume scores over every patient, and the per-fold means and their spread."""
+def summarise(table: pd.DataFrame, folds: int, failed_below: float = 0.25) -> dict[str, Any]:
+    """``cv.json``: per-volume scores over every patient, the per-fold means and their spread; the folds
+    whose mean is under ``failed_below`` (they did not learn) and the patients missed."""
     metrics: dict[str, Any] = {"folds": folds, "n_volumes": int(len(table))}
     for score in SCORES:
         values = table[score].astype(float)
@@ -171,7 +173,28 @@ def summarise(table: pd.DataFrame, folds: int) -> dict[str, Any]:
     metrics["fold_dsc_mean"] = {str(k): float(v) for k, v in per_fold.items()}
     metrics.update(fold_dsc_std=float(per_fold.std(ddof=0)), fold_dsc_min=float(per_fold.min()),
                    fold_dsc_max=float(per_fold.max()))
+    metrics["failed_folds"] = [int(k) for k, v in per_fold.items() if v < failed_below]
+    metrics["failed_fold_below"] = failed_below
+    missed = table[table["dsc"].astype(float) < MISSED_DSC].sort_values("patient")
+    metrics["missed_patients"] = [{"patient": r.patient, "fold": int(r.fold), "dsc": float(r.dsc),
+                                   "recall": float(r.recall) if "recall" in table else None} for r in missed.itertuples()]
+    metrics["dsc_mean_without_missed"] = float(metrics["dsc_mean"] + missed_cost(table))
     return json_safe(metrics)
+
+
+def missed_cost(table: pd.DataFrame) -> float:
+    """How much the missed patients lower the per-volume mean (the mean without them, less the mean)."""
+    kept = table[table["dsc"].astype(float) >= MISSED_DSC]["dsc"].astype(float)
+    return float(kept.mean() - table["dsc"].astype(float).mean()) if len(kept) else 0.0
+
+
+def failed_folds_said(metrics: dict[str, Any]) -> str | None:
+    """Why the fold ensemble may not be champion, in words; None when every fold learned."""
+    failed = metrics.get("failed_folds") or []
+    if not failed:
+        return None
+    means = ", ".join(f"fold {k} DSC {metrics['fold_dsc_mean'][str(k)]:.3f}" for k in failed)
+    return f"{len(failed)} fold(s) did not learn ({means}; under {metrics['failed_fold_below']:g})"
 
 
 def write_outputs(config: PipelineConfig, table: pd.DataFrame, metrics: dict[str, Any]) -> None:
@@ -233,7 +256,7 @@ def cross_validate(config: PipelineConfig, run_folds: Callable | None = None,
     if table["patient"].duplicated().any() or set(table["patient"]) != set(studied["patient"]):
         raise AssertionError("every patient must be predicted exactly once out of fold")
     gather_predictions(config)
-    metrics = summarise(table, config.cv.folds)
+    metrics = summarise(table, config.cv.folds, failed_below=config.registry.champion_floor / 2)
     metrics["ensemble_postprocess"] = ensemble_rule(table)
     with atomic_file(ensemble_path(config), "w") as handle:
         json.dump(metrics["ensemble_postprocess"], handle, indent=2)
@@ -246,4 +269,11 @@ def cross_validate(config: PipelineConfig, run_folds: Callable | None = None,
     log.info("cross-validation, %d folds: per-volume DSC mean %.4f, median %.4f over %d patients "
              "(fold means %.4f..%.4f)", config.cv.folds, metrics["dsc_mean"], metrics["dsc_median"],
              metrics["n_volumes"], metrics["fold_dsc_min"], metrics["fold_dsc_max"])
+    if said := failed_folds_said(metrics):
+        log.warning("cross-validation: %s", said)
+    if metrics["missed_patients"]:
+        log.warning("cross-validation: %d patient(s) missed (DSC under %g): %s; they pull the mean down by %.3f",
+                    len(metrics["missed_patients"]), MISSED_DSC,
+                    ", ".join(m["patient"] for m in metrics["missed_patients"]),
+                    metrics["dsc_mean_without_missed"] - metrics["dsc_mean"])
     return metrics

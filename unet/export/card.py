@@ -237,7 +237,8 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> list[str]:
                   f"DSC mean {fmt(val.get('dsc_mean'))}, median {fmt(val.get('dsc_median'))}.", ""]
     n = as_float(metrics.get("n_volumes"))
     if n is not None and n < 20:
-        lines += [f"With {int(n)} test patients these figures are uncertain; prefer the cross-validated estimate.", ""]
+        lines += [f"With {int(n)} test patients these figures are uncertain; the cross-validated estimate covers every "
+                  "patient, but on a small set it moves with each missed lesion (its report names them).", ""]
     return lines
 
 

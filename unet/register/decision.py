@@ -2,7 +2,7 @@
 
 The score is ``val_dsc_mean`` that the evaluate stage logged into the run (per volume, at the
 original geometry), else the train stage's ``best_val_dsc``; the champion alias moves only to a
-model that scores strictly better. Plain functions: the MLflow calls are in ``tasks/register.py``.
+model that scores strictly better and at least ``registry.champion_floor``. Plain functions: the MLflow calls are in ``tasks/register.py``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,17 @@ def run_score(metrics: Mapping[str, float]) -> tuple[str, float]:
                             "evaluate stages first (dvc repro evaluate)")
 
 
-def decide(version: str, score: float, champion: tuple[str, float] | None) -> str:
-    """``first`` (no champion yet), ``unchanged`` (it is the champion), ``promoted`` (strictly better)
-    or ``kept`` (the champion stays)."""
+def decide(version: str, score: float, champion: tuple[str, float] | None, floor: float = 0.0,
+           held: str | None = None) -> str:
+    """``first`` (no champion yet), ``unchanged`` (it is the champion), ``promoted`` (strictly better),
+    ``kept`` (the champion stays), ``below-floor`` (under ``floor``: never champion, not even the
+    first) or ``held`` (``held`` says why it may not be champion: a fold that did not learn)."""
+    if champion is not None and champion[0] == version:
+        return "unchanged"
+    if score < floor:
+        return "below-floor"
+    if held:
+        return "held"
     if champion is None:
         return "first"
-    champion_version, champion_score = champion
-    if champion_version == version:
-        return "unchanged"
-    return "promoted" if score > champion_score else "kept"
+    return "promoted" if score > champion[1] else "kept"
