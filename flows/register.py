@@ -20,8 +20,10 @@ from unet.config import PipelineConfig
 @stage_flow("register")
 def register_flow(config: PipelineConfig) -> dict[str, Any]:
     result = register_tasks.register(config)
+    champion = f"version {result['champion_version']}" if result["champion_version"] else "none yet"
+    why = f" ({result['why']})" if result.get("why") else ""
     print(f"{result['model_name']} version {result['version']} ({result['score_metric']} {result['score']:.4f}): "
-          f"{result['decision']}; champion is version {result['champion_version']}")
+          f"{result['decision']}{why}; champion: {champion}")
     register_tasks.publish_report(result)
     return result
 
