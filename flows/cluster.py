@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 from tasks import cluster
@@ -33,67 +31,14 @@ def deploy(_: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    say = lambda line: print(f"demo-cluster: {line}", flush=True)  # noqa: E731
-    with cluster.running(REPO / ".cluster", REPO, say=say) as running:
-        with temporary_settings(updates={PREFECT_API_URL: running.prefect_api}):
-            say(f"deployment {cluster.deploy(REPO)}; {args.workers} workers on pool {cluster.POOL}")
-        cluster.start_workers(running, args.workers, REPO, os.environ, gpus=args.gpus)
-        metrics = cluster.run_cv(running, REPO, say)
-        for run in metrics["fold_runs"]:
-            say(f"fold {run['fold']}: {run['worker']}, {run['started']} .. {run['finished']} ({run['attempts']} attempt(s))")
-        say(f"overlapping folds on different workers: {cluster.overlaps(metrics['fold_runs']) or 'none'}; "
-            f"CV DSC {metrics['dsc_mean']:.3f} over {metrics['n_volumes']} patients; MLflow store "
-            f"{metrics.get('tracking_store')}")
-        say(f"Prefect UI {running.prefect_api.removesuffix('/api')} (the cv run and its fold runs), MLflow UI "
-            f"{running.mlflow_url}; logs in {running.folder}")
-        if args.keep:
-            keep_until_told()
-        say("stopping the workers, the servers and PostgreSQL")
+    cluster.demo(REPO, workers=args.workers, gpus=args.gpus, keep=args.keep,
+                 say=lambda line: print(f"demo-cluster: {line}", flush=True))
     return 0
 
 
-def keep_until_told() -> None:
-    """Until Enter (a terminal) or Ctrl-C / SIGTERM (anything else: a script that looks at the UIs)."""
-    if sys.stdin.isatty():
-        try:
-            input("demo-cluster: press Enter to stop the cluster ")
-        except (KeyboardInterrupt, EOFError):
-            pass
-        return
-    stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(True))
-    print("demo-cluster: kept until SIGINT or SIGTERM", flush=True)
-    while not stop:
-        time.sleep(0.5)
-
-
 def up(args: argparse.Namespace) -> int:
-    """The services for a real study, in the foreground until Ctrl-C or SIGTERM (a tmux pane, a
-    SLURM job): what the stage's shell must export is printed."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(True))
-    with cluster.running(args.folder, REPO, bind=args.bind) as running:
-        with temporary_settings(updates={PREFECT_API_URL: running.prefect_api}):
-            print(f"deployment {cluster.deploy(REPO)} on work pool {cluster.POOL}")
-        if args.workers:
-            cluster.start_workers(running, args.workers, REPO, os.environ, gpus=args.gpus)
-        env = running.client_environment({})
-        print("the cluster is up; in the shell that runs the stage (or the workers):")
-        for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "LGG_TRACKING_STORE"):  # none holds the password
-            print(f"  export {key}={env[key]}")
-        print(f"  export LGG_CV_EXECUTOR=pool   # then: dvc repro cv\n"
-              f"workers elsewhere: PREFECT_API_URL=... prefect worker start --pool {cluster.POOL} --limit 1\n"
-              f"Prefect UI {running.prefect_api.removesuffix('/api')}, MLflow UI {running.mlflow_url}; Ctrl-C stops "
-              "everything", flush=True)
-        while not stop and all(s.process.poll() is None for s in running.services if not s.name.startswith("worker")):
-            time.sleep(1)
-        print("stopping the cluster")
+    cluster.serve(REPO, args.folder, workers=args.workers, gpus=args.gpus, bind=args.bind,
+                  say=lambda line: print(line, flush=True))
     return 0
 
 

@@ -315,3 +315,70 @@ def overlaps(runs: list[dict]) -> list[tuple[int, int]]:
              for r in runs if r.get("started") and r.get("finished")]
     return [(a[0], b[0]) for i, a in enumerate(spans) for b in spans[i + 1:]
             if a[1] != b[1] and a[2] < b[3] and b[2] < a[3]]
+
+
+def deploy_on(cluster: Cluster, code_dir: Path) -> str:
+    """The pool and the fold deployment on the cluster's own Prefect server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: cluster.prefect_api}):
+        return deploy(code_dir)
+
+
+def until_signalled(alive: Callable[[], bool] = lambda: True) -> None:
+    """Until SIGINT or SIGTERM (or ``alive()`` turns False)."""
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+    while not stop and alive():
+        time.sleep(0.5)
+
+
+def keep_until_told(say: Say) -> None:
+    """Until Enter (a terminal) or Ctrl-C / SIGTERM (anything else: a script that looks at the UIs)."""
+    if sys.stdin.isatty():
+        try:
+            input("press Enter to stop the cluster ")
+        except (KeyboardInterrupt, EOFError):
+            pass
+        return
+    say("kept until SIGINT or SIGTERM")
+    until_signalled()
+
+
+def demo(code_dir: Path, *, workers: int = 2, gpus: int = 0, keep: bool = False, say: Say = print) -> dict:
+    """``make demo-cluster``: the cluster on localhost, the cv stage through its pool, what ran where,
+    then everything stopped (``keep``: after Enter or a signal); ``cv.json``."""
+    with running(code_dir / ".cluster", code_dir, say=say) as cluster:
+        say(f"deployment {deploy_on(cluster, code_dir)}; {workers} workers on pool {POOL}")
+        start_workers(cluster, workers, code_dir, os.environ, gpus=gpus)
+        metrics = run_cv(cluster, code_dir, say)
+        for run in metrics["fold_runs"]:
+            say(f"fold {run['fold']}: {run['worker']}, {run['started']} .. {run['finished']} ({run['attempts']} attempt(s))")
+        say(f"overlapping folds on different workers: {overlaps(metrics['fold_runs']) or 'none'}; CV DSC "
+            f"{metrics['dsc_mean']:.3f} over {metrics['n_volumes']} patients; MLflow store {metrics.get('tracking_store')}")
+        say(f"Prefect UI {cluster.prefect_api.removesuffix('/api')} (the cv run and its fold runs), MLflow UI "
+            f"{cluster.mlflow_url}; logs in {cluster.folder}")
+        if keep:
+            keep_until_told(say)
+        say("stopping the workers, the servers and PostgreSQL")
+    return metrics
+
+
+def serve(code_dir: Path, folder: Path, *, workers: int = 0, gpus: int = 0, bind: str = HOST, say: Say = print) -> None:
+    """The services for a real study in the foreground until Ctrl-C or SIGTERM (a tmux pane, a SLURM
+    job), saying what the stage's shell must export (nothing with the password)."""
+    with running(folder, code_dir, bind=bind, say=say) as cluster:
+        say(f"deployment {deploy_on(cluster, code_dir)} on work pool {POOL}")
+        if workers:
+            start_workers(cluster, workers, code_dir, os.environ, gpus=gpus)
+        env = cluster.client_environment({})
+        say("the cluster is up; in the shell that runs the stage (or the workers):\n"
+            + "".join(f"  export {key}={env[key]}\n" for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI",
+                                                                 "LGG_TRACKING_STORE"))
+            + f"  export LGG_CV_EXECUTOR=pool   # then: dvc repro cv\n"
+              f"workers elsewhere: PREFECT_API_URL=... prefect worker start --pool {POOL} --limit 1\n"
+              f"Prefect UI {cluster.prefect_api.removesuffix('/api')}, MLflow UI {cluster.mlflow_url}; Ctrl-C stops "
+              "everything")
+        until_signalled(lambda: all(s.process.poll() is None for s in cluster.services if s not in cluster.workers))
+        say("stopping the cluster")

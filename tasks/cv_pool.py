@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 EXECUTOR_VARIABLE = "LGG_CV_EXECUTOR"  # overrides cv.executor without touching params.yaml
 EXECUTORS = ("local", "pool")
-BEAT_S = 5.0
+BEAT_S = 2.0
 POLL_S = 2.0
 LEASES = "leases"
 
@@ -97,29 +97,60 @@ def checked_workdir(workdir: str, code_dir: Path, environ: Mapping[str, str] = o
     return folder
 
 
+def _stat(pid: int) -> tuple[int, str, bytes] | None:
+    """(parent pid, state, command line) of ``pid`` from /proc; None when it is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[0], Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    found = _stat(pid)
+    return found is not None and found[1] != "Z"
+
+
+def worker_process(pid: int | None = None) -> int | None:
+    """The Prefect worker this process runs under (the nearest ancestor running ``worker start``)."""
+    pid = os.getppid() if pid is None else pid
+    while pid > 1 and (found := _stat(pid)) is not None:
+        if b"worker\x00start" in found[2]:
+            return pid
+        pid = found[0]
+    return None
+
+
 class Beating:
-    """The lease, beaten every ``BEAT_S`` seconds from a thread while the fold trains. When the lease
-    names another run (the stage gave the fold up and started it again elsewhere), this process ends
-    at once: two runs never train one fold."""
+    """The lease, beaten every ``BEAT_S`` seconds from a thread while the fold trains. This process
+    ends at once when the lease names another run (the stage gave the fold up and started it again
+    elsewhere: two runs never train one fold) or when its worker is gone (Prefect starts a run in a
+    session of its own, so a stopped worker would leave it training unseen; its lease then stands
+    still and the stage sends the fold to a worker that is up)."""
 
     def __init__(self, path: Path, flow_run: str, worker: str):
         self.path, self.flow_run, self.worker, self.beats = path, flow_run, worker, 0
+        self.worker_pid = worker_process()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="fold-lease", daemon=True)
 
     def _beat(self) -> None:
+        # no logging on the way out: the run's stdout is a pipe to the worker, which may be gone (a write
+        # there can block for ever); the lease file says why instead
         while not self.stopped.wait(BEAT_S):
             owner = read_lease(self.path).get("flow_run")
             if owner and owner != self.flow_run:
-                log.error("fold lease %s now names run %s: this run (%s) was given up; stopping", self.path,
-                          owner, self.flow_run)
+                os._exit(75)  # the stage gave this run up and started the fold again elsewhere: its lease now
+            if self.worker_pid and not alive(self.worker_pid):
+                self.write(stopped=f"the worker that started this run (pid {self.worker_pid}) is gone")
                 os._exit(75)
             self.write()
 
-    def write(self) -> None:
+    def write(self, **extra: str) -> None:
         self.beats += 1
         write_lease(self.path, {"flow_run": self.flow_run, "worker": self.worker, "beats": self.beats,
-                                "pid": os.getpid()})
+                                "pid": os.getpid(), "worker_pid": self.worker_pid, **extra})
 
     def __enter__(self) -> Beating:
         self.write()
@@ -209,8 +240,11 @@ def submit(config: PipelineConfig, fold: int, key: str, attempt: int) -> FoldRun
 
 
 def lost(config: PipelineConfig, run: FoldRun, running: bool) -> bool:
-    """Whether a Running fold's lease has stood still for ``lost_after_s`` (the stage's clock)."""
+    """Whether a Running fold is lost: its lease says it stopped, or has stood still for ``lost_after_s``
+    (on the stage's clock)."""
     lease = read_lease(lease_path(config, run.fold))
+    if lease.get("stopped") and lease.get("flow_run") == str(run.flow_run):
+        return True  # the run said it stopped (its worker is gone): no need to wait for the silence
     seen = (lease.get("flow_run"), lease.get("beats"), running)
     if seen != run.seen:
         run.seen, run.moved = seen, time.monotonic()
@@ -241,8 +275,10 @@ def wait(config: PipelineConfig, active: dict[int, FoldRun], keys: dict[int, str
                     elif state.is_failed() or state.is_cancelled():
                         raise UserError(f"fold {fold} failed ({flow_run.name}, {state.name}): {state.message}")
                     elif state.is_crashed() or lost(config, run, state.is_running()):
-                        why = (f"its worker stopped reporting: no lease beat for {pool.lost_after_s:g} s"
-                               if not state.is_crashed() else f"it crashed: {state.message}")
+                        stopped = read_lease(lease_path(config, fold)).get("stopped")
+                        why = (f"it crashed: {state.message}" if state.is_crashed() else
+                               f"{stopped} (its lease says)" if stopped else
+                               f"its worker stopped reporting: no lease beat for {pool.lost_after_s:g} s")
                         if run.attempt > pool.retries:
                             raise UserError(f"fold {fold}: {why}, and it was started {run.attempt} times "
                                             f"(cv.pool.retries: {pool.retries})")

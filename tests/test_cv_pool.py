@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -66,6 +65,21 @@ class Workers:
             log = self.folder / f"{name}.log"
             self.services[name] = cluster.Service(name, cluster.spawn(name, cluster.worker_command(POOL, name), log,
                                                                       env, REPO), log)
+        self.wait_online()
+
+    def wait_online(self, timeout_s: float = 180) -> None:
+        """Until both workers poll the pool (a fold sent earlier would all go to the first one up)."""
+        from prefect.client.orchestration import get_client
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with get_client(sync_client=True) as client:
+                online = {w.name for w in client.read_workers_for_work_pool(POOL)
+                          if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"}
+            if set(self.services) <= online:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"workers not online after {timeout_s} s: see {self.folder}")
 
     def stop(self) -> None:
         for service in self.services.values():
@@ -97,10 +111,11 @@ def deployment_runs(name: str) -> int:
 
 
 def test_folds_on_two_workers_overlap_and_equal_the_sequential_run(prepared, on_pool):
-    local = parse_config(merged(pool_params(prepared, "cv"), {"cv": {"out_dir": str(prepared / "cv-local"),
-                                                                     "metrics_dir": str(prepared / "local-metrics")}}))
+    long_enough = {"cv": {"epochs": 4}}  # folds of ~5 s: long enough to overlap despite the workers' start skew
+    local = parse_config(merged(merged(pool_params(prepared, "cv", steps_per_epoch=150), long_enough),
+                                {"cv": {"out_dir": str(prepared / "cv-local"), "metrics_dir": str(prepared / "local-metrics")}}))
     sequential = stage.cross_validate(local)
-    pooled_config = parse_config(pool_params(prepared, "cv"))
+    pooled_config = parse_config(merged(pool_params(prepared, "cv", steps_per_epoch=150), long_enough))
     from prefect import flow
 
     @flow(name="cv-probe")
@@ -145,7 +160,7 @@ def test_a_failing_fold_fails_the_stage_with_its_message_and_cancels_the_others(
 
 
 def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepared, on_pool, workers):
-    config = parse_config(merged(pool_params(prepared, "cv-kill", steps_per_epoch=40), {"cv": {"epochs": 8}}))
+    config = parse_config(merged(pool_params(prepared, "cv-kill", steps_per_epoch=120), {"cv": {"epochs": 8}}))
     found: dict = {}
 
     def kill_the_first_one_past_epoch_two(cfg, manifest, folds):
@@ -158,9 +173,9 @@ def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepare
                     done = stage.read_fold(cfg.cv.fold_dir(k)).get("done")
                     if history.is_file() and 2 <= len(pd.read_csv(history)) < 6 and lease.get("worker") and not done:
                         found.update(fold=k, worker=lease["worker"], epochs=len(pd.read_csv(history)))
-                        # as its machine dies: the worker and the fold's process (a session of its own) at once
+                        # the worker dies; its fold (a session of its own) notices and stops within a beat
                         cluster.kill_service(workers.services[lease["worker"]])
-                        os.killpg(os.getpgid(lease["pid"]), signal.SIGKILL)
+                        found["fold_pid"] = lease["pid"]
                         break
                 time.sleep(0.3)
 
@@ -171,6 +186,7 @@ def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepare
 
     metrics = stage.cross_validate(config, kill_the_first_one_past_epoch_two)
     assert found, "no fold reached epoch 2"
+    assert not cv_pool.alive(found["fold_pid"])  # the orphaned fold stopped (it did not train on beside its rerun)
     record = stage.read_fold(config.cv.fold_dir(found["fold"]))
     assert [a["worker"] for a in record["attempts"]][0] == found["worker"] and len(record["attempts"]) == 2
     assert record["attempts"][1]["worker"] != found["worker"]

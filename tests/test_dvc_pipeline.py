@@ -30,6 +30,7 @@ TINY = {
     "model": {"features": 4, "depth": 2},
     "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4},
     "evaluate": {"overlay_patients": 1},
+    "registry": {"champion_floor": 0.0},  # a 1-epoch model at 32 px: the champion rule itself is tested
 }
 
 
