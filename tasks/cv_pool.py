@@ -273,6 +273,7 @@ def wait(config: PipelineConfig, active: dict[int, FoldRun], keys: dict[int, str
                         del active[fold]
                         log.info("fold %d: done (%s)", fold, flow_run.name)
                     elif state.is_failed() or state.is_cancelled():
+                        del active[fold]  # its state stays as it ended; the others are cancelled below
                         raise UserError(f"fold {fold} failed ({flow_run.name}, {state.name}): {state.message}")
                     elif state.is_crashed() or lost(config, run, state.is_running()):
                         stopped = read_lease(lease_path(config, fold)).get("stopped")
@@ -280,6 +281,7 @@ def wait(config: PipelineConfig, active: dict[int, FoldRun], keys: dict[int, str
                                f"{stopped} (its lease says)" if stopped else
                                f"its worker stopped reporting: no lease beat for {pool.lost_after_s:g} s")
                         if run.attempt > pool.retries:
+                            del active[fold]
                             raise UserError(f"fold {fold}: {why}, and it was started {run.attempt} times "
                                             f"(cv.pool.retries: {pool.retries})")
                         log.warning("fold %d (%s): %s; starting it again, from its last epoch", fold, flow_run.name, why)

@@ -154,9 +154,10 @@ def test_a_failing_fold_fails_the_stage_with_its_message_and_cancels_the_others(
     runs = {0: cv_pool.submit(config, 0, "not-the-key", 1),  # what a worker that sees other data meets
             1: cv_pool.submit(config, 1, right, 1)}
     with pytest.raises(UserError, match=r"fold 0 failed .*not what the cv stage started the fold with"):
-        cv_pool.wait(config, runs, {0: "not-the-key", 1: right})
+        cv_pool.wait(config, dict(runs), {0: "not-the-key", 1: right})
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(runs[1].flow_run).state.name in ("Cancelling", "Cancelled")
+        assert client.read_flow_run(runs[0].flow_run).state.is_failed()  # the failed one keeps its own state
 
 
 def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepared, on_pool, workers):
