@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from tasks import project_server
 from tasks.server import check_prefect_api
 from tasks.tracking import check_store
 from unet.config import load_config
@@ -29,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.params)
         check_store(config.mlflow)
-        check_prefect_api(os.environ.get("PREFECT_API_URL"))
+        url = os.environ.get("PREFECT_API_URL")
+        home = project_server.project_home(Path.cwd(), os.environ)
+        check_prefect_api(url, project_server.client_auth(url, home, os.environ))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

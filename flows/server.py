@@ -1,11 +1,11 @@
 """The project's Prefect server (``tasks.project_server``; locked down as ``tasks.server`` says).
 
-    python -m flows.server start [--port 4200] [--keep]   # unless it runs; prints its UI and API
+    python -m flows.server start [--port 4200] [--keep] [--no-auth]   # unless it runs; prints its UI, API
     python -m flows.server status
     python -m flows.server stop
     python -m flows.server run --port P --home DIR --idle-minutes N   # the supervisor ``start`` spawns
     python -m flows.server [--port 4200] [--home DIR]     # a server in the foreground, nothing else
-A stage without ``PREFECT_API_URL`` starts the server itself; ``make ui`` runs ``start --keep``.
+A stage without ``PREFECT_API_URL`` starts it; ``make ui`` runs ``start --keep`` (auth: ``.prefect/auth``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def home() -> Path:  # <project>/.prefect, or PREFECT_HOME
 
 
 def start(args: argparse.Namespace) -> int:
-    project_server.ensure(home(), code_dir=REPO, port=args.port, keep=args.keep, client=False,
+    project_server.ensure(home(), code_dir=REPO, port=args.port, keep=args.keep, client=False, auth=not args.no_auth,
                           say=lambda line: print(line, file=sys.stderr))
     return status(args)
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     return server_supervisor.supervise(args.home, args.port, idle_minutes=args.idle_minutes)
 
 
-def foreground(argv: list[str]) -> None:
+def foreground(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--home", type=Path, default=REPO / ".prefect", help="PREFECT_HOME (default: .prefect/)")
@@ -59,15 +59,15 @@ def foreground(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in ("start", "status", "stop", "run"):
-        foreground(argv)
-        return 0
+        return foreground(argv)  # exec: it does not return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     begin = commands.add_parser("start", help="start the project's server unless it runs")
     begin.add_argument("--port", type=int, default=None, help="start on this port when it is free")
     begin.add_argument("--keep", action="store_true", help="never stop when idle (until `stop`)")
-    commands.add_parser("status", help="where the project's server runs")
-    commands.add_parser("stop", help="stop the project's server")
+    begin.add_argument("--no-auth", action="store_true", help="no auth string (any local user can reach the API)")
+    for name, about in (("status", "where the project's server runs"), ("stop", "stop the project's server")):
+        commands.add_parser(name, help=about)
     supervisor = commands.add_parser("run", help="the supervisor that `start` spawns")
     supervisor.add_argument("--port", type=int, required=True)
     supervisor.add_argument("--home", type=Path, required=True)

@@ -10,6 +10,9 @@ live in the project's Prefect home (``<project>/.prefect/``, or ``PREFECT_HOME``
     server.lock     held while a process looks for the server or starts it: stages started at
                     once start one server, not three
     server.log      what the server printed
+    auth            the server's auth string (user:token, mode 0600): ``make ui`` makes a random one
+                    and prints it once; every server of this home then asks for it, and the stages,
+                    ``make serve`` and the workers they start send it (``reporting``)
     clients/<pid>   one file a process using the server; the supervisor stops the server when no
                     client is left and none came for ``idle_minutes`` (never while ``server.keep``
                     exists: ``make ui``)
@@ -35,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.server import HOST, answers
+from tasks.server import AUTH_FILE, HOST, answers, asks_for_auth, make_auth, stored_auth
 from unet.errors import EnvironmentMismatch
 
 STATE, LOCK, LOG, CLIENTS, KEEP = "server.json", "server.lock", "server.log", "clients", "server.keep"
@@ -160,8 +163,9 @@ def describe(home: Path) -> str:
     if server is None:
         return f"no project Prefect server runs (home {home})"
     kept = "kept until `python -m flows.server stop`" if (home / KEEP).exists() else "stops when idle"
+    auth = f"auth string in {home / AUTH_FILE}" if (home / AUTH_FILE).exists() else "no auth string"
     return (f"Prefect UI {server.ui}  API {server.url}  (pid {server.pid}, {len(clients(home))} client(s) now, "
-            f"{kept}; home {home})")
+            f"{kept}; {auth}; home {home})")
 
 
 # ---------------------------------------------------------------- start, wait, stop
@@ -173,7 +177,10 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
+    """Nobody listens on ``port`` (a port left in TIME_WAIT by a server just stopped counts as free:
+    the server binds with SO_REUSEADDR, as uvicorn does)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:
@@ -232,20 +239,37 @@ def wait_until_healthy(server: Server, home: Path, say: Say, alive: Callable[[],
 
 def ensure(home: Path, *, python: str = sys.executable, code_dir: Path, environ: Mapping[str, str] = os.environ,
            say: Say = print, idle_minutes: float = IDLE_MINUTES, port: int | None = None, keep: bool = False,
-           client: bool = True) -> Server:
+           client: bool = True, auth: bool = False) -> Server:
     """The project's server, started if none runs; this process counts as its client while it lives.
 
     ``port``: the port to start on when it is free (``make ui``: 4200), else a free one. ``keep``:
-    the server stops only when told to (``python -m flows.server stop``).
+    the server stops only when told to (``python -m flows.server stop``). ``auth``: the server asks
+    for an auth string (``make ui``): ``PREFECT_API_AUTH_STRING`` if set, else ``home/auth``, made
+    here with a random one; a running server without one is restarted with it when no client uses it.
     """
     with locked(home, say, "start its Prefect server"):
         if client:
             register_client(home)  # before relying on the server: it does not stop while we are here
         if keep:
             (home / KEEP).touch()
+        if auth and not environ.get("PREFECT_API_AUTH_STRING"):
+            secret, made = make_auth(home)
+            if made:
+                say(f"the Prefect UI and API ask for this auth string (shown this once; kept in {home / AUTH_FILE}, "
+                    f"mode 0600, and sent by this project's stages): {secret}\n"
+                    f"  a shell of yours: export PREFECT_API_AUTH_STRING=$(cat {home / AUTH_FILE})")
         server = running(home)
         if server is not None and wait_until_healthy(server, home, say, alive=lambda: _alive(server.pid)):
-            return server
+            if not auth or asks_for_auth(server.url):
+                return server
+            if clients(home):
+                say(f"the project's Prefect server at {server.ui} was started without an auth string and "
+                    f"{len(clients(home))} process(es) use it: it keeps running without one; restart it when "
+                    "they are done (make ui-stop; make ui)")
+                return server
+            say(f"restarting the project's Prefect server at {server.ui}: it was started without an auth string")
+            _terminate(server)
+            port = port or server.port
         for attempt in range(STARTS):
             chosen = port if port and attempt == 0 and port_free(port) else free_port()
             server, process = spawn(home, chosen, python=python, code_dir=code_dir, idle_minutes=idle_minutes,
@@ -265,17 +289,20 @@ def stop(home: Path, say: Say = print, timeout_s: float = 30.0) -> bool:
     with locked(home, say, "stop its Prefect server"):
         (home / KEEP).unlink(missing_ok=True)
         server = running(home)
-        if server is None:
-            (home / STATE).unlink(missing_ok=True)
-            return False
-        os.kill(server.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(server.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(server.pid):
-            os.killpg(server.pid, signal.SIGKILL)
+        if server is not None:
+            _terminate(server, timeout_s)
         (home / STATE).unlink(missing_ok=True)
-        return True
+        return server is not None
+
+
+def _terminate(server: Server, timeout_s: float = 30.0) -> None:
+    """End the supervisor (it stops its server), killing the group if it does not answer; the lock is held."""
+    os.kill(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(server.pid):
+        os.killpg(server.pid, signal.SIGKILL)
 
 
 @contextmanager
@@ -287,25 +314,42 @@ def reporting(*, code_dir: Path, environ: dict[str, str] = os.environ) -> Iterat
     On the project's own server a flow run sends no heartbeats: they only feed an automation that
     marks silent runs as crashed (docs: "detect zombie flows"), which this server does not have, and
     Prefect 3.9 waits up to a second at the end of every run for its heartbeat thread, half of a
-    stage's overhead. A server you point ``PREFECT_API_URL`` at keeps your settings.
+    stage's overhead. A server you point ``PREFECT_API_URL`` at keeps your settings. The project's
+    own server also gets its auth string (``home/auth``, unless ``PREFECT_API_AUTH_STRING`` is set),
+    here and in the children, through ``PREFECT_API_AUTH_STRING``.
     """
     home = project_home(Path.cwd(), environ)
     if url := environ.get("PREFECT_API_URL"):
         own = running(home)
-        with _settings(url, heartbeats=own is None or own.url != url):
-            yield url
-        return
-    url = ensure(home, code_dir=code_dir, environ=environ, say=lambda line: print(line, file=sys.stderr)).url
-    environ["PREFECT_API_URL"] = url
-    with _settings(url, heartbeats=False):
+        if own is None or own.url != url:
+            with _settings(url, heartbeats=True):
+                yield url
+            return
+    else:
+        url = ensure(home, code_dir=code_dir, environ=environ, say=lambda line: print(line, file=sys.stderr)).url
+        environ["PREFECT_API_URL"] = url
+    if auth := client_auth(url, home, environ):  # the project's own server: its auth string, here and in children
+        environ["PREFECT_API_AUTH_STRING"] = auth
+    with _settings(url, heartbeats=False, auth=auth):
         yield url
 
 
-@contextmanager
-def _settings(url: str, *, heartbeats: bool) -> Iterator[None]:
-    """Prefect's settings for this process's runs (Prefect loads here, after the variable is set)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+def client_auth(url: str | None, home: Path, environ: Mapping[str, str]) -> str | None:
+    """The auth string a client of ``url`` sends: ``PREFECT_API_AUTH_STRING``, else, for the
+    project's own server, the one in ``home/auth``."""
+    if auth := environ.get("PREFECT_API_AUTH_STRING"):
+        return auth
+    own = running(home)
+    return stored_auth(home) if own is not None and own.url == url else None
 
-    updates = {PREFECT_API_URL: url} | ({} if heartbeats else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+@contextmanager
+def _settings(url: str, *, heartbeats: bool, auth: str | None = None) -> Iterator[None]:
+    """Prefect's settings for this process's runs (Prefect loads here, after the variable is set)."""
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+                                  temporary_settings)
+
+    updates = ({PREFECT_API_URL: url} | ({} if heartbeats else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+               | ({PREFECT_API_AUTH_STRING: auth} if auth else {}))
     with temporary_settings(updates=updates):
         yield
