@@ -381,7 +381,8 @@ def test_the_bounded_server_takes_npy_and_json_and_refuses_what_it_must(tracked,
     from tasks.serving import NPY, create_app
 
     slices, expected = patient
-    client_ = TestClient(create_app(mlflow.pyfunc.load_model(f"models:/{MODEL}@champion"), max_bytes=1_000_000))
+    client_ = TestClient(create_app(mlflow.pyfunc.load_model(f"models:/{MODEL}@champion"), max_bytes=1_000_000),
+                         base_url="http://127.0.0.1")
     body = io.BytesIO()
     np.save(body, slices)
     answer = client_.post("/invocations", content=body.getvalue(), headers={"Content-Type": NPY, "Accept": NPY})
