@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from flows.pipeline import REPO, pipeline_flow
-from tasks import project_server
+from tasks import experiment, project_server
 from tasks.server import check_server
 from unet.errors import InputError, UserError
 
@@ -45,8 +45,9 @@ def deployments(names: list[str] | None = None) -> list:
     if unknown:
         raise InputError(f"no deployment {', '.join(unknown)}; there are {', '.join(DEPLOYMENTS)}")
     return [
-        pipeline_flow.to_deployment(name, description=description, parameters=parameters, tags=TAGS,
-                                    entrypoint_type=EntrypointType.MODULE_PATH, enforce_parameter_schema=True)
+        experiment.refusing_unknown_parameters(pipeline_flow.to_deployment(
+            name, description=description, parameters=parameters, tags=TAGS,
+            entrypoint_type=EntrypointType.MODULE_PATH, enforce_parameter_schema=True))
         for name, (description, parameters) in DEPLOYMENTS.items() if not names or name in names
     ]
 

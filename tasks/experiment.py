@@ -68,6 +68,22 @@ def build_command(mode: str, overrides: Mapping[str, str], targets: list[str], n
     raise ConfigError(f"mode {mode!r}: use 'temp' (dvc exp run --temp), 'experiment' (dvc exp run) or 'repro'")
 
 
+def refusing_unknown_parameters(deployment):
+    """``deployment`` (a RunnerDeployment) whose API refuses a parameter the flow does not take.
+
+    Prefect's parameter schema checks the types of the flow's own parameters but lets any other
+    name through (201), and the run then crashes at its start; ``additionalProperties: false`` in the
+    schema the deployment is registered with makes the API refuse it when the run is created."""
+    from prefect.utilities.callables import ParameterSchema
+
+    class ClosedParameters(ParameterSchema):
+        additionalProperties: bool = False  # noqa: N815 (JSON Schema's own name)
+
+    schema = deployment._parameter_openapi_schema.model_dump()  # set explicitly: apply() sends the fields set
+    deployment._parameter_openapi_schema = ClosedParameters(**schema, additionalProperties=False)
+    return deployment
+
+
 def api_url() -> str | None:
     """The Prefect API this process talks to, also the temporary one, so the stages share it."""
     from prefect.server.api.server import SubprocessASGIServer
