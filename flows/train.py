@@ -21,7 +21,7 @@ def train_flow(config: PipelineConfig) -> dict:
     """The training inside one MLflow run: params, tags, dataset, per-epoch metrics, then the model."""
     state = stage.resume_state(config)  # a bad checkpoint stops here, before any MLflow run is touched
     with train_tasks.train_run(config, resume=state is not None) as run_id:
-        reporter = train_tasks.epoch_reporter(run_id, config.train.epochs)
+        reporter = train_tasks.epoch_reporter(run_id, config.train.epochs, resumed=state)
         summary = stage.train(config, reporter, load_data=train_tasks.load_data, state=state)
         model_uri = train_tasks.finish_run(run_id, config, summary, reporter)
         print(f"best val DSC {summary['best_val_dsc']:.4f} at epoch {summary['best_epoch']}; MLflow run {run_id}, "

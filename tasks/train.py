@@ -198,8 +198,26 @@ class EpochReporter:
         return True
 
 
-def epoch_reporter(run_id: str, epochs: int) -> EpochReporter:
-    return EpochReporter(run_id, epochs)
+    def backfill(self, history: list[dict]) -> None:
+        """The epochs of a resumed training's ``history`` (the checkpoint's) that the run lacks: an
+        MLflow outage lost them with the process that trained them. Queued first, then sent."""
+        logged = {m.step for m in MlflowClient().get_metric_history(self.run_id, "loss")}
+        missing = [(h["epoch"], {k: v for k, v in h.items() if k != "epoch"}) for h in history
+                   if h["epoch"] not in logged]
+        if missing:
+            self.logger.info("sending epoch(s) %s of the resumed training, which run %s lacks",
+                             ", ".join(str(e) for e, _ in missing), self.run_id)
+            self.pending[:0] = missing
+            self.flush()
+
+
+def epoch_reporter(run_id: str, epochs: int, resumed: Mapping[str, Any] | None = None) -> EpochReporter:
+    """The trainer's reporter; for a ``resumed`` checkpoint, the epochs before it that the run lacks
+    are sent first."""
+    reporter = EpochReporter(run_id, epochs)
+    if resumed is not None:
+        reporter.backfill(list(resumed.get("history", [])))
+    return reporter
 
 
 def store_answers() -> bool:
@@ -231,8 +249,9 @@ def finish_run(run_id: str, config: PipelineConfig, summary: Mapping[str, Any], 
         raise TrackingLost(
             f"the training finished ({config.train.best_path}, {config.train.history_path}) but the MLflow store "
             f"{mlflow.get_tracking_uri()} did not take run {run_id} ({str(exc).splitlines()[0][:200]}); when it "
-            "answers again, log it with train.resume: true (dvc repro train -S train.resume=true): the finished "
-            "checkpoint is continued for no epoch and its run completed"
+            "answers again, log it with train.resume: true (set it in params.yaml and run dvc repro train, or "
+            "dvc exp run -S train.resume=true train): the finished checkpoint is continued for no epoch, the "
+            "epochs the run lacks are sent and the run completed"
         ) from None
 
 
