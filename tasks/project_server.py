@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.server import AUTH_FILE, HOST, answers, asks_for_auth, make_auth, stored_auth
+from tasks.server import AUTH_FILE, HOST, answers, asks_for_auth, check_prefect_api, make_auth, stored_auth
 from unet.errors import EnvironmentMismatch
 
 STATE, LOCK, LOG, CLIENTS, KEEP = "server.json", "server.lock", "server.log", "clients", "server.keep"
@@ -322,6 +322,7 @@ def reporting(*, code_dir: Path, environ: dict[str, str] = os.environ) -> Iterat
     if url := environ.get("PREFECT_API_URL"):
         own = running(home)
         if own is None or own.url != url:
+            check_prefect_api(url, environ.get("PREFECT_API_AUTH_STRING"))  # one line in seconds, not a hang
             with _settings(url, heartbeats=True):
                 yield url
             return

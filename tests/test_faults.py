@@ -148,6 +148,28 @@ def test_a_prefect_api_that_never_answers_is_a_bounded_wait(tmp_path):
     assert f"PREFECT_API_URL={url} does not answer" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("command", [["-m", "flows", "download"], ["-m", "flows.pipeline", "download"]])
+def test_a_stage_and_the_pipeline_on_a_prefect_api_that_never_answers_stop_in_seconds(tmp_path, command):
+    """Not only the check stage: a stage or the pipeline flow started by hand says it in one line."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/api"
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "home")}
+    args = [*command, "--params", str(params)] if command[1] == "flows" else command
+    started = time.monotonic()
+    try:
+        result = subprocess.run([sys.executable, *args], cwd=REPO if command[1] != "flows" else tmp_path, env=env,
+                                capture_output=True, text=True, timeout=90)
+    finally:
+        server.close()
+    assert result.returncode == 1 and time.monotonic() - started < 30, result.stderr[-2000:]
+    assert f"PREFECT_API_URL={url} does not answer" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_training_goes_on_through_an_mlflow_outage_and_sends_the_epochs_later(monkeypatch, prefect_api):
     from mlflow.exceptions import MlflowException
     from prefect import flow
@@ -176,3 +198,56 @@ def test_training_goes_on_through_an_mlflow_outage_and_sends_the_epochs_later(mo
 
     reporter = training()
     assert sent == [1, 2, 3, 4] and not reporter.pending
+
+
+def test_a_resumed_training_sends_the_epochs_an_outage_lost(monkeypatch, prefect_api, tmp_path):
+    """The process that trained epochs 2-3 died with them pending; the resume (same run, a real
+    SQLite store) sends them from the checkpoint's history before its own."""
+    import mlflow
+    from mlflow import MlflowClient
+    from prefect import flow
+
+    from tasks import train as train_tasks
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("outage")).info.run_id
+    history = [{"epoch": e, "loss": 1.0 / e, "val_dsc": 0.1 * e} for e in (1, 2, 3, 4)]
+    for epoch in (1, 4):  # what got through before and after the outage
+        train_tasks.log_epoch(run_id, epoch, history[epoch - 1])
+
+    @flow
+    def resumed():
+        train_tasks.epoch_reporter(run_id, 4, resumed={"epoch": 4, "history": history})
+        return train_tasks.epoch_reporter(run_id, 4, resumed={"epoch": 4, "history": history})  # twice: no copies
+
+    assert not resumed().pending
+    for key in ("loss", "val_dsc"):
+        steps = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        assert steps == [(h["epoch"], h[key]) for h in history], key
+
+
+def test_the_lost_tracking_message_names_commands_that_exist(tmp_path):
+    """``dvc repro`` has no -S: the message says what does set train.resume."""
+    import mlflow
+
+    from conftest import outputs_under
+    from tasks import train as train_tasks
+    from unet.config import parse_config
+
+    class Stuck:  # a reporter whose store went away with epoch 2 pending
+        pending = [(2, {"loss": 1.0})]
+
+        def flush(self) -> bool:
+            return False
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri("http://127.0.0.1:9")  # nothing listens: the store is gone
+    try:
+        with pytest.raises(train_tasks.TrackingLost) as caught:
+            train_tasks.finish_run("run", parse_config(outputs_under(tmp_path)), {}, Stuck())
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "repro train -S" not in str(caught.value)
+    assert "dvc exp run -S train.resume=true train" in str(caught.value)
