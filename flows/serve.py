@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--max-mb", type=float, default=64.0, help="the largest request body, in MB")
     parser.add_argument("--max-total-mb", type=float, default=None,
-                        help="the bytes all requests may hold at once, in MB (default: 4 x --max-mb)")
+                        help="what all requests may hold at once, in MB (default 8 x --max-mb: 4 bodies and their arrays)")
     parser.add_argument("--max-waiting", type=int, default=4,
                         help="requests that may wait while one prediction runs; the next get 503")
     args = parser.parse_args(argv)

@@ -9,8 +9,11 @@ JSON text and 5-6 s of parsing, and a 192 MB body was read whole. This server an
 What one caller can do to the others is bounded:
 
 - one body: over ``max_bytes``, 413 before it is read (Content-Length) or as soon as it passes;
-- all bodies at once: the bytes held across requests (bodies being read, parsed arrays waiting)
-  stay under ``max_total_bytes``; a request that would pass it gets 503 and ``Retry-After``;
+- all bodies at once: the bytes held across requests (each body and the array made from it, taken
+  from its Content-Length before it is read, else as it arrives) stay under ``max_total_bytes``; a
+  request that would pass it gets 503 and ``Retry-After`` (its body read and dropped, so that the
+  caller reads the answer, not a reset connection). JSON's parse needs about ten times its text
+  for a moment; at most two parse at once;
 - waiting: one prediction runs at a time (the model uses every core) in a worker thread, so the
   event loop keeps answering ``/ping`` and new requests; at most ``max_waiting`` more wait, the
   next gets 503 at once instead of a queue that grows without end;
@@ -43,6 +46,7 @@ NPY = "application/x-npy"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_WAITING = 4
 RETRY_AFTER_S = 2
+HELD_PER_BYTE = 2  # a request holds its body and the uint8 array made from it until it is answered
 
 
 class Busy(Exception):
@@ -56,20 +60,18 @@ class Bounds:
         self.max_total_bytes, self.max_in_flight = max_total_bytes, max_in_flight
         self.held = self.in_flight = 0
 
-    @contextmanager
-    def admitted(self):
+    def full(self) -> str | None:
+        """Why no other request is taken now, or None."""
         if self.in_flight >= self.max_in_flight:
-            raise Busy(f"{self.in_flight} requests are running or waiting (the bound is {self.max_in_flight}: "
-                       "one prediction at a time, --max-waiting more); retry shortly")
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+            return (f"{self.in_flight} requests are running or waiting (the bound is {self.max_in_flight}: one "
+                    "prediction at a time, --max-waiting more); retry shortly")
+        return None
 
     @contextmanager
-    def holding(self):
-        """Bytes this request holds, given back when it ends: ``take(n)`` adds n."""
+    def admitted(self):
+        """A request in flight, holding bytes: ``take(n)`` adds n (Busy past the bound); all given
+        back when it ends."""
+        self.in_flight += 1
         taken = []
 
         def take(size: int) -> None:
@@ -83,13 +85,14 @@ class Bounds:
             yield take
         finally:
             self.held -= sum(taken)
+            self.in_flight -= 1
 
 
 def create_app(model, max_bytes: int = DEFAULT_MAX_BYTES, *, max_total_bytes: int | None = None,
                max_waiting: int = DEFAULT_MAX_WAITING, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Starlette:
     """An ASGI app around a loaded pyfunc ``model`` (raw slices in, mask out); ``max_total_bytes``
-    defaults to four bodies of ``max_bytes``; ``hosts``: the names it answers to."""
-    bounds = Bounds(max_total_bytes or 4 * max_bytes, 1 + max_waiting)
+    defaults to what four requests of ``max_bytes`` hold; ``hosts``: the names it answers to."""
+    bounds = Bounds(max_total_bytes or 4 * HELD_PER_BYTE * max_bytes, 1 + max_waiting)
     predicting = anyio.CapacityLimiter(1)  # the model uses every core: one prediction at a time
     parsing = anyio.CapacityLimiter(2)
 
@@ -98,9 +101,17 @@ def create_app(model, max_bytes: int = DEFAULT_MAX_BYTES, *, max_total_bytes: in
         if declared > max_bytes:
             return _error(413, f"the request body is {declared:,} bytes; this server takes at most {max_bytes:,} "
                                "(one patient's raw slices as .npy are about 0.2 MB a slice)")
-        try:
-            with bounds.admitted(), bounds.holding() as take:
-                body = await _read_bounded(request, max_bytes, take)
+        if why := bounds.full():
+            await _read_bounded(request, max_bytes, keep=False)  # read, not kept: the caller gets the 503, not a reset
+            return _busy(why)
+        with bounds.admitted() as take:
+            try:
+                take(HELD_PER_BYTE * declared)  # before reading: past the bound, nothing of it is kept
+            except Busy as exc:
+                await _read_bounded(request, max_bytes, keep=False)
+                return _busy(str(exc))
+            try:
+                body = await _read_bounded(request, max_bytes, take, counted=declared)
                 if body is None:
                     return _error(413, f"the request body is over {max_bytes:,} bytes")
                 content_type = request.headers.get("content-type", "")
@@ -108,16 +119,15 @@ def create_app(model, max_bytes: int = DEFAULT_MAX_BYTES, *, max_total_bytes: in
                     slices = await anyio.to_thread.run_sync(_parse, body, content_type, limiter=parsing)
                 except ValueError as exc:
                     return _error(400, str(exc))
-                take(slices.nbytes)  # the uint8 copy the model gets, held beside the body until the answer
-                del body
-                try:
-                    mask = await anyio.to_thread.run_sync(model.predict, slices, limiter=predicting)
-                except Exception as exc:  # MLflow's schema check and the model's own refusal: the caller's input
-                    if type(exc).__name__ != "MlflowException":
-                        raise
-                    return _error(400, str(exc))
-        except Busy as exc:
-            return _error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+            except Busy as exc:
+                return _busy(str(exc))
+            del body
+            try:
+                mask = await anyio.to_thread.run_sync(model.predict, slices, limiter=predicting)
+            except Exception as exc:  # MLflow's schema check and the model's own refusal: the caller's input
+                if type(exc).__name__ != "MlflowException":
+                    raise
+                return _error(400, str(exc))
         if NPY in request.headers.get("accept", ""):
             buffer = io.BytesIO()
             np.save(buffer, np.asarray(mask, np.uint8))
@@ -133,17 +143,33 @@ def create_app(model, max_bytes: int = DEFAULT_MAX_BYTES, *, max_total_bytes: in
     return app
 
 
-async def _read_bounded(request: Request, max_bytes: int, take) -> bytes | None:
-    """The body, or None as soon as it passes ``max_bytes`` (a missing or false Content-Length);
-    each chunk counts against the server's total as it arrives (``take`` raises Busy)."""
-    chunks, size = [], 0
+async def _read_bounded(request: Request, max_bytes: int, take=None, *, counted: int = 0,
+                        keep: bool = True) -> bytes | None:
+    """The body, or None as soon as it passes ``max_bytes`` (a missing or false Content-Length).
+
+    Bytes past the ``counted`` ones (the Content-Length taken already) count against the server's
+    total as they arrive (``take``); past it, the rest is read and dropped, then Busy is raised, so
+    the caller reads a 503 rather than a reset connection (``keep=False``: read and drop it all)."""
+    chunks, size, busy = [], 0, None
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
             return None
-        take(len(chunk))
-        chunks.append(chunk)
+        if keep and busy is None:
+            try:
+                if size > counted:
+                    take(HELD_PER_BYTE * (size - counted))
+                    counted = size
+                chunks.append(chunk)
+            except Busy as exc:
+                busy, chunks = exc, []
+    if busy is not None:
+        raise busy
     return b"".join(chunks)
+
+
+def _busy(why: str) -> JSONResponse:
+    return _error(503, why, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _parse(body: bytes, content_type: str) -> np.ndarray:
