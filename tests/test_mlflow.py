@@ -300,7 +300,9 @@ def test_mlflow_models_serve_answers_with_the_mask(tracked, patient, tmp_path):
                                          headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
         refused = {}  # wrong input: a 4xx that says what the model takes, never a confident wrong mask
+        zscored = (slices - slices.mean()) / slices.std()
         for name, bad in {"normalised floats": (slices / 255.0).tolist(),
+                          "z-scored floats": np.clip(zscored, -0.99, None).tolist(),  # > -1: cast, not overflowed
                           "out of range": (slices.astype(np.int64) * 2).tolist(),
                           "one channel": slices[..., 0].tolist()}.items():
             wrong = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
@@ -316,6 +318,7 @@ def test_mlflow_models_serve_answers_with_the_mask(tracked, patient, tmp_path):
     np.testing.assert_array_equal(np.asarray(answer["predictions"], np.uint8), expected)
     assert all(400 <= code < 500 for code, _ in refused.values()), refused
     assert "normalised" in refused["normalised floats"][1]
+    assert "z-scored" in refused["z-scored floats"][1], refused["z-scored floats"]
 
 
 @pytest.mark.parametrize("bad, message", [(lambda s: (s / 255.0).astype(np.float32), "dtype"),
@@ -332,7 +335,8 @@ def test_the_model_refuses_what_is_not_raw_slices(tracked, patient, bad, message
 
 @pytest.mark.parametrize("values, message", [(np.full((2, 4, 4, 3), 0.5), "values 0.5..0.5"),
                                              (np.full((2, 4, 4, 3), 300), "values 300..300"),
-                                             (np.ones((2, 4, 4, 3)), "within 0..1 only")])
+                                             (np.ones((2, 4, 4, 3)), "within 0..1 only"),
+                                             (np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3) % 6, "within 0..5 only")])
 def test_raw_slices_are_whole_values_0_to_255(values, message):
     from unet.errors import InputError
     from unet.predict.segmenter import as_slices

@@ -156,14 +156,17 @@ def check_slices(images: np.ndarray) -> None:
 
 
 RAW_SLICES = "one patient's raw slices (N, H, W, 3) with whole values 0..255 as read from the TIFFs"
+RAW_MAX_AT_LEAST = 16  # a raw volume's brightest voxel; z-scores hardly reach it (the Kaggle set's reach 255)
 
 
 def as_slices(model_input) -> np.ndarray:
     """A served model's input as uint8 (N, H, W, 3): whole numbers within 0..255 are taken as they are;
     fractional, out-of-range or normalised values are refused.
 
-    A volume whose values all lie within 0..1 is refused too: a scan's intensities reach far above 1,
-    and a server casts normalised floats to 0 and 1 before the model sees them.
+    A volume whose values all lie within 0..1, or whose brightest voxel is below ``RAW_MAX_AT_LEAST``,
+    is refused too: a scan's raw intensities reach far above that, and a server casts normalised or
+    z-scored floats to whole numbers before the model sees them (``mlflow models serve`` parses JSON
+    straight to the signature's uint8: -0.7, 1.3, 2.9 arrive as 0, 1, 2).
     """
     images = np.asarray(model_input)
     numeric = np.issubdtype(images.dtype, np.number) and images.size
@@ -173,5 +176,8 @@ def as_slices(model_input) -> np.ndarray:
     if images.max() <= 1:
         raise InputError(f"expected {RAW_SLICES}, got values within 0..1 only: normalised slices (a server casts "
                          "them to 0 and 1); pass the raw slices")
+    if images.max() < RAW_MAX_AT_LEAST:
+        raise InputError(f"expected {RAW_SLICES}, got values within 0..{images.max()} only: z-scored or otherwise "
+                         "normalised slices (a server casts them to whole numbers); pass the raw slices")
     return images.astype(np.uint8)
 
