@@ -207,6 +207,9 @@ def radiogenomics_report(result: Mapping) -> str:
     lines = [f"# radiogenomics: {found} of {len(tests)} tests significant after Bonferroni "
              f"({result['patients']} patients)", "",
              table(["feature", "cluster", "masks", "n", "p", "p (Bonferroni)", "significant"], rows)]
+    if unlisted := result.get("patients_without_clinical_row"):
+        lines[1:1] = ["", f"**{len(unlisted)} patient(s) have no row in data.csv and are in no test:** "
+                          f"{', '.join(unlisted)}."]
     if agreement:
         lines += ["", table(["feature", "n", "Pearson r (automatic vs manual)", "mean |difference|"],
                             [(f.upper(), a["n"], float(a["pearson_r"]), float(a["mean_abs_difference"]))

@@ -61,3 +61,29 @@ def test_features_and_aucs_per_patient(study):
     assert {"bevr", "mf", "asd", "volume_ml"} <= set(features.columns)
     assert (features["bevr"].between(0, 1)).all()
     assert {a["feature"] for a in result["aucs"]} == {"bevr", "mf", "asd"}
+
+
+def test_a_patient_missing_from_data_csv_is_said_not_dropped_silently(study, tmp_path, caplog):
+    """The tests join masks and data.csv: a patient without a row is named in the log, the metrics
+    and the report."""
+    config, result = study
+    from tasks.reports import radiogenomics_report
+
+    assert result["patients_without_clinical_row"] == []
+    rows = (config.data.raw_root / "data.csv").read_text().splitlines()
+    gone = rows[3].split(",")[0]
+    (tmp_path / "raw/kaggle_3m").mkdir(parents=True)
+    (tmp_path / "raw/kaggle_3m/data.csv").write_text("\n".join(rows[:3] + rows[4:]) + "\n")
+    short = parse_config({
+        "data": {"raw_dir": str(tmp_path / "raw")},
+        "prepare": {"image_size": 32, "out_dir": str(config.prepare.out_dir), "nifti": False, "workers": 1},
+        "cv": {"folds": 0},
+        "radiogenomics": {"out_dir": str(tmp_path / "metrics"), "figure": str(tmp_path / "rg.png")},
+    })
+    with caplog.at_level("WARNING"):
+        again = stage.run(short)
+    assert again["patients_without_clinical_row"] == [gone]
+    assert gone in caplog.text and "left out of every test" in caplog.text
+    assert json.loads(short.radiogenomics.metrics_path.read_text())["patients_without_clinical_row"] == [gone]
+    assert max(t["n"] for t in again["tests"]) == PATIENTS - 1
+    assert f"1 patient(s) have no row in data.csv and are in no test:** {gone}" in radiogenomics_report(again)

@@ -23,7 +23,7 @@ from unet.io import nifti
 from unet.io.atomic import atomic_file
 from unet.io.kaggle import DATA_CSV, patient_id, read_mask
 from unet.io.layout import read_manifest
-from unet.radiogenomics.clinical import CLUSTER_COLUMNS, read_clinical_csv
+from unet.radiogenomics.clinical import CLUSTER_COLUMNS, PATIENT, read_clinical_csv
 from unet.radiogenomics.features import patient_features
 from unet.radiogenomics.figure import heatmap
 from unet.radiogenomics.stats import FEATURES, association_tests, feature_aucs
@@ -61,6 +61,12 @@ def agreement(manual: pd.DataFrame, automatic: pd.DataFrame) -> dict[str, dict[s
     return out
 
 
+def without_clinical_row(features: pd.DataFrame, clinical: pd.DataFrame) -> list[str]:
+    """The patients with masks whom ``data.csv`` does not list: the tests cannot use them (they are
+    said, in the log, the metrics and the report, not dropped silently by the join)."""
+    return sorted(set(features["patient"]) - set(clinical[PATIENT].astype(str)))
+
+
 def study(features: pd.DataFrame, clinical: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
     """The tests and AUCs for each mask kind."""
     tests, aucs = [], []
@@ -82,8 +88,13 @@ def run(config: PipelineConfig) -> dict[str, Any]:
         tables.append(feature_table(automatic_masks(config, sorted(manifest["patient"].unique())), rg.spacing_mm,
                                     "automatic"))
     features = pd.concat(tables, ignore_index=True)
-    result = {"patients": int(manifest["patient"].nunique()), "masks": list(features["masks"].unique()),
-              "spacing_mm": list(rg.spacing_mm), "variables": list(CLUSTER_COLUMNS), **study(features, clinical)}
+    unlisted = without_clinical_row(features, clinical)
+    if unlisted:
+        log.warning("radiogenomics: %d patient(s) have no row in %s and are left out of every test: %s",
+                    len(unlisted), config.data.raw_root / DATA_CSV, ", ".join(unlisted))
+    result = {"patients": int(manifest["patient"].nunique()), "patients_without_clinical_row": unlisted,
+              "masks": list(features["masks"].unique()), "spacing_mm": list(rg.spacing_mm),
+              "variables": list(CLUSTER_COLUMNS), **study(features, clinical)}
     if len(tables) == 2:
         result["agreement"] = agreement(*tables)
     with atomic_file(rg.features_path, "w") as handle:
