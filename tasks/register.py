@@ -82,10 +82,11 @@ def register(config: PipelineConfig) -> dict[str, Any]:
                                 "retrain (dvc repro train)")
     score_metric, score = run_score(MlflowClient().get_run(record["run_id"]).data.metrics)
     version = register_version(name, record["run_id"], record["model_uri"], score_metric, score)
+    exported = export_and_describe(config, record, version) if config.registry.export else None  # may fail:
     result = {"model_name": name, "version": int(version), "run_id": record["run_id"], "score_metric": score_metric,
-              "score": score, **move_aliases(name, version, score, config.registry.champion_floor)}
-    if config.registry.export:
-        result["export"] = export_and_describe(config, record, version)
+              "score": score, **move_aliases(name, version, score, config.registry.champion_floor)}  # then no alias
+    if exported is not None:
+        result["export"] = exported
     with atomic_file(config.registry.record_path, "w") as handle:
         json.dump(result, handle, indent=2)
     return result

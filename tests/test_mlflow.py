@@ -246,6 +246,25 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     assert aliases == {"champion": 3, "challenger": 3}
 
 
+def test_an_export_that_fails_moves_no_alias(tracked, tmp_path):
+    """The export runs before the aliases: a version whose export fails is no champion, nor challenger."""
+    from flows import register
+    from unet.errors import UserError
+
+    root, config = tracked
+    before = client().get_registered_model(MODEL).aliases
+    best = max(float(v.tags[v.tags.get("score_metric", "val_dsc_mean")])
+               for v in client().search_model_versions(f"name = '{MODEL}'"))
+    fake_run(root, config, "broken-export", best + 0.5)  # it would be promoted
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")  # what the export reads
+    params = params_for(root, metrics_dir="broken-export")
+    params["train"]["out_dir"] = str(tmp_path)
+    with pytest.raises(UserError):
+        register.run(parse_config(params))
+    assert client().get_registered_model(MODEL).aliases == before
+    assert not (root / "broken-export/registry.json").exists()
+
+
 @pytest.fixture(scope="module")
 def patient(tracked):
     """One raw patient volume (6, 32, 32, 3) uint8 and the mask the checkpoint gives it in-process."""
