@@ -59,13 +59,16 @@ def stage_flow(name: str):
     from prefect import get_run_logger
     from prefect.states import Failed
 
+    from tasks.common import said_as_store_fault
     from tasks.nesting import StageFlow
 
     def decorate(fn: Callable):
+        guarded = said_as_store_fault(fn)  # an MLflow store that cannot take the stage's writes: a UserError
+
         @functools.wraps(fn)
         def body(*args, **kwargs):
             try:
-                return fn(*args, **kwargs)
+                return guarded(*args, **kwargs)
             except UserError as exc:
                 get_run_logger().error("%s", exc)
                 return Failed(message=str(exc), data=exc)

@@ -251,3 +251,97 @@ def test_the_lost_tracking_message_names_commands_that_exist(tmp_path):
         mlflow.set_tracking_uri(previous)
     assert "repro train -S" not in str(caught.value)
     assert "dvc exp run -S train.resume=true train" in str(caught.value)
+
+
+# -- an MLflow store that cannot take a stage's writes ---------------------------------------------------
+
+@pytest.fixture
+def sqlite_store(tmp_path, monkeypatch):
+    """A real SQLite MLflow store in tmp_path with one run; put back afterwards."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("store-faults", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    yield client, client.create_run(experiment).info.run_id
+    mlflow.set_tracking_uri(previous)
+
+
+def store_stages(client, run_id, figure):
+    """The same MLflow write in a stage's task and in a stage's flow body."""
+    from flows.common import stage_flow
+    from tasks.common import stage_task
+
+    @stage_task(name="log-figure")
+    def log_figure():
+        client.log_artifact(run_id, str(figure), "figures")
+
+    @stage_flow("store-fault-in-a-task")
+    def in_task():
+        log_figure()
+
+    @stage_flow("store-fault-in-the-flow")
+    def in_flow():
+        client.log_artifact(run_id, str(figure), "figures")
+
+    return in_task, in_flow
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "Read-only file system"),
+                                         (errno.ENOSPC, "No space left on device")])
+def test_an_artifact_folder_that_is_read_only_or_full_is_one_line(sqlite_store, prefect_api, tmp_path, monkeypatch,
+                                                                  caplog, code, words):
+    import shutil
+
+    from tasks.common import TrackingStoreError
+
+    client, run_id = sqlite_store
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"\x89PNG")
+
+    def refused(source, target, *args, **kwargs):  # the artifact folder's disk, mounted read-only or full
+        raise OSError(code, os.strerror(code), str(tmp_path / "mlartifacts"))
+
+    monkeypatch.setattr(shutil, "copyfileobj", refused)
+    for stage in store_stages(client, run_id, figure):
+        with pytest.raises(TrackingStoreError) as caught:
+            stage()
+        said = str(caught.value)
+        assert f"MLflow could not write to its store ({words}: {tmp_path / 'mlartifacts'})" in said, said
+        assert "\n" not in said
+        assert "MLFLOW_TRACKING_URI" in said and caught.value.__cause__ is None
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.integration  # about 20 s: MLflow waits that long for the lock
+def test_a_locked_sqlite_store_is_one_line_and_a_short_log(sqlite_store, prefect_api, tmp_path, caplog):
+    import sqlite3
+
+    from tasks.common import TrackingStoreError, stage_task
+    from flows.common import stage_flow
+
+    client, run_id = sqlite_store
+
+    @stage_task(name="log-metric")
+    def log_metric():
+        client.log_metric(run_id, "loss", 1.0)
+
+    @stage_flow("locked-store")
+    def stage():
+        log_metric()
+
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, or a sqlite3 shell left open
+    try:
+        with caplog.at_level("ERROR"), pytest.raises(TrackingStoreError, match="locked by another process"):
+            stage()
+    finally:
+        holder.rollback()
+        holder.close()
+    logged = [r for r in caplog.records if r.name == "mlflow.store.db.utils"]
+    assert logged and all(r.exc_info is None and "\n" not in r.getMessage() for r in logged)
+    client.log_metric(run_id, "loss", 1.0)  # and the store works again once the lock is gone
