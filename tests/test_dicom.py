@@ -501,3 +501,17 @@ def test_series_options_are_refused_for_other_inputs(tmp_path, capsys):
     assert main(["--model", str(_checkpoint(tmp_path)), "--input", str(tmp_path / "s.nii.gz"), "--output",
                  str(tmp_path / "o"), "--flair-series", "3"]) == 2
     assert "apply to a folder of DICOM files only" in capsys.readouterr().err
+
+
+@wired
+def test_zero_pixel_spacing_is_one_line_from_lgg_predict(tmp_path, capsys):
+    from unet.predict.cli import main
+
+    study = tmp_path / "study"
+    write_series(study, 2, spacing=(0.0, 0.0))
+    with pytest.raises(InputError, match=r"series 5 'AX T2 FLAIR' has PixelSpacing \[0.0, 0.0\] mm"):
+        read_dicom_folder(study)
+    assert main(["--model", str(_checkpoint(tmp_path)), "--input", str(study), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "PixelSpacing [0.0, 0.0] mm; a pixel needs a positive size" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

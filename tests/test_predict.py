@@ -256,6 +256,19 @@ def _nan_voxels(root: Path) -> tuple[list[Path], str]:
     return [root / "nan.nii.gz"], "nan.nii.gz: 1 voxels are NaN"
 
 
+def _zero_voxel_size(root: Path) -> tuple[list[Path], str]:
+    """An anonymiser that zeroed pixdim and the sform: nibabel sets pixdim 1, the affine stays singular."""
+    import struct
+
+    nib.save(nib.Nifti1Image(np.moveaxis(box_volume(), 0, 2).astype(np.float32), np.eye(4)), str(root / "flat.nii"))
+    with open(root / "flat.nii", "r+b") as handle:
+        handle.seek(80)  # pixdim[1..3]
+        handle.write(struct.pack("<3f", 0.0, 0.0, 0.0))
+        handle.seek(280)  # srow_x, srow_y, srow_z
+        handle.write(struct.pack("<12f", *[0.0] * 12))
+    return [root / "flat.nii"], "flat.nii: the header gives voxel sizes [1.0, 1.0, 1.0] mm and an affine that maps"
+
+
 BAD_INPUTS = {
     "grey png": _grey_png,
     "two-channel nifti": _two_channel_nifti,
@@ -270,6 +283,7 @@ BAD_INPUTS = {
     "empty folder": _empty_folder,
     "folder of patients": _set_of_patients,
     "nan voxels": _nan_voxels,
+    "zero voxel size": _zero_voxel_size,
 }
 
 

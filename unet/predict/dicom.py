@@ -332,6 +332,9 @@ def _slice_geometry(series: Series, where: Path) -> tuple[np.ndarray, np.ndarray
         if not np.allclose(ps, spacing[0], rtol=1e-4, atol=1e-6):
             raise InputError(f"{where}: {series.label} mixes pixel spacings ({path.name}: {ps.tolist()} mm, "
                              f"{series.files[0].name}: {spacing[0].tolist()} mm); name another series")
+    if not (spacing[0] > 0).all():
+        raise InputError(f"{series.files[0]}: {series.label} has PixelSpacing {spacing[0].tolist()} mm; a pixel needs "
+                         "a positive size: the files are damaged or anonymised too far, export the series again")
     row_dir, col_dir = orientation[0][:3], orientation[0][3:]
     normal = np.cross(row_dir, col_dir)
     if abs(np.linalg.norm(normal) - 1) > 1e-3 or abs(row_dir @ col_dir) > 1e-3:

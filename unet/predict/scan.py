@@ -182,6 +182,11 @@ def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         raise InputError(f"{path}: unreadable NIfTI file ({type(exc).__name__}: {exc})") from None
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise InputError(f"{path}: voxels are {data.dtype}; expected real numbers")
+    zooms = [float(z) for z in image.header.get_zooms()[:3]]
+    if not all(np.isfinite(z) and z > 0 for z in zooms) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-9:
+        raise InputError(f"{path}: the header gives voxel sizes {zooms} mm and an affine that maps no volume; "
+                         "a voxel needs a positive size: convert the series again (e.g. dcm2niix) or fix the "
+                         "header (pixdim, sform/qform)")
     return image, data
 
 
