@@ -136,13 +136,37 @@ def run_dvc(command: list[str], cwd: Path, log: Callable[[str], None]) -> DvcRes
     return result
 
 
-def stage_metrics(repo: Path, config: PipelineConfig, ran: list[str]) -> dict[str, float]:
-    """The headline numbers of the train and evaluate stages, when they ran."""
+def experiment_ref(repo: Path, name: str | None) -> str | None:
+    """The git ref DVC keeps experiment ``name`` under (``refs/exps/../<name>``), if there is one."""
+    if not name:
+        return None
+    listed = subprocess.run(["git", "for-each-ref", "--sort=creatordate", "--format=%(refname)", "refs/exps"],
+                            cwd=repo, capture_output=True, text=True)
+    refs = [ref for ref in listed.stdout.split() if ref.rsplit("/", 1)[-1] == name]
+    return refs[-1] if refs else None
+
+
+def read_json(repo: Path, path: Path, ref: str | None = None) -> dict | None:
+    """A metrics file of the workspace, or as experiment ``ref`` committed it (``dvc exp run --temp``
+    ran in a copy that is gone: its outputs are in the ref, not in the workspace); None when absent."""
+    if ref is None:
+        target = repo / path
+        return json.loads(target.read_text()) if target.is_file() else None
+    try:
+        inside = (repo / path).resolve().relative_to(repo.resolve()).as_posix()
+    except ValueError:  # outside the repository: not in the experiment's commit
+        return None
+    shown = subprocess.run(["git", "show", f"{ref}:{inside}"], cwd=repo, capture_output=True, text=True)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def stage_metrics(repo: Path, config: PipelineConfig, ran: list[str], ref: str | None = None) -> dict[str, float]:
+    """The headline numbers of the train and evaluate stages, when they ran: the workspace's, or
+    experiment ``ref``'s own."""
     found = {}
-    if "train" in ran and (path := repo / config.train.metrics_path).is_file():
-        found["best val DSC"] = json.loads(path.read_text())["best_val_dsc"]
-    if "evaluate" in ran and (path := repo / config.evaluate.metrics_path).is_file():
-        metrics = json.loads(path.read_text())
+    if "train" in ran and (train := read_json(repo, config.train.metrics_path, ref)):
+        found["best val DSC"] = train["best_val_dsc"]
+    if "evaluate" in ran and (metrics := read_json(repo, config.evaluate.metrics_path, ref)):
         found[f"{metrics['split']} DSC mean"] = metrics["dsc_mean"]
     return found
 
@@ -160,11 +184,13 @@ def run_experiment(root: Path, config: PipelineConfig, sets: dict[str, str], tar
     log(f"in {root}: {' '.join(['dvc', *command[3:]])}")
     start = time.monotonic()
     result = run_dvc(command, root, log)
+    ref = experiment_ref(root, result.experiment) if mode == "temp" and result.returncode == 0 else None
     return {
         "mode": mode, "command": ["dvc", *command[3:]], "repo": str(root), "overrides": sets,
         "experiment": result.experiment, "ran": result.ran, "reused": result.reused,
         "seconds": time.monotonic() - start, "status": "ok" if result.returncode == 0 else "failed",
-        "metrics": stage_metrics(root, config, result.ran) if result.returncode == 0 else {},
+        "metrics": stage_metrics(root, config, result.ran, ref) if result.returncode == 0 else {},
+        "metrics_from": ref or "the workspace",
         "returncode": result.returncode, "tail": list(result.tail),
     }
 

@@ -251,7 +251,9 @@ def pipeline_report(run: Mapping) -> str:
               + [(s, "unchanged, reused") for s in run.get("reused", [])]),
     ]
     if run.get("metrics"):
-        lines += ["", table(["metric", "value"], run["metrics"].items())]
+        source = f" (experiment {run.get('experiment')}, {run['metrics_from']})" if run.get("metrics_from", "").startswith(
+            "refs/") else ""
+        lines += ["", f"Scores of this run{source}:", "", table(["metric", "value"], run["metrics"].items())]
     if run.get("experiment"):
         lines += ["", f"See it with `dvc exp show` (experiment `{run['experiment']}`)."]
     return "\n".join(lines) + "\n"

@@ -455,3 +455,37 @@ def test_a_stages_lines_are_stamped_once_in_the_pipeline_log(tmp_path):
     lines = []
     experiment.run_dvc([sys.executable, "-c", script], tmp_path, lines.append)
     assert lines == ["Flow run 'x' - Finished in state Completed()"]
+
+
+def test_a_temp_experiment_reports_its_own_scores_not_the_workspaces(tmp_path):
+    """``dvc exp run --temp`` runs in a copy that is gone afterwards: the report reads the scores from
+    the experiment's commit (a real DVC repo), not the workspace's metrics files."""
+    from unet.config import PipelineConfig
+    from tasks.reports import pipeline_report
+
+    repo = tmp_path / "repo"
+    (repo / "metrics").mkdir(parents=True)
+    train = ("import json, yaml; p = yaml.safe_load(open('params.yaml')); "
+             "json.dump({'best_val_dsc': p['score']}, open('metrics/train.json', 'w'))")
+    evaluate = ("import json; t = json.load(open('metrics/train.json')); "
+                "json.dump({'split': 'test', 'dsc_mean': t['best_val_dsc'] / 2}, open('metrics/eval.json', 'w'))")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "train": {"cmd": f'{sys.executable} -c "{train}"', "params": ["score"],
+                  "metrics": [{"metrics/train.json": {"cache": False}}]},
+        "evaluate": {"cmd": f'{sys.executable} -c "{evaluate}"', "deps": ["metrics/train.json"],
+                     "metrics": [{"metrics/eval.json": {"cache": False}}]}}}))
+    (repo / "params.yaml").write_text("score: 0.9\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    dvc(repo, "repro")  # the workspace's scores: 0.9 and 0.45
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=repo, check=True)
+    summary = experiment.run_experiment(repo, PipelineConfig(), {"score": "0.2"}, [], mode="temp", name="low",
+                                        force=False, log=lambda _: None)
+    assert summary["status"] == "ok" and summary["experiment"] == "low", summary["tail"]
+    assert summary["metrics"] == {"best val DSC": 0.2, "test DSC mean": 0.1}  # the experiment's, not 0.9 / 0.45
+    assert json.loads((repo / "metrics/train.json").read_text())["best_val_dsc"] == 0.9  # workspace untouched
+    shown = json.loads(dvc(repo, "exp", "show", "--json"))
+    assert "0.2" in json.dumps(shown) and summary["metrics_from"].startswith("refs/exps/")
+    assert "Scores of this run (experiment low, refs/exps/" in pipeline_report(summary)
