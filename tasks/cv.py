@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from tasks import mlflow_model
 from tasks.common import stage_task
 from tasks.postgres import without_password
-from tasks.register import move_aliases, register_version
+from tasks.register import move_aliases, register_version, weights_digest
 from tasks.reports import cv_report, figures, publish
 from tasks.tracking import log_datasets, log_metrics, repo_root, run_datasets, tracking_uri, use_experiment
 from unet.config import PipelineConfig
@@ -68,7 +68,8 @@ def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[s
                 model_id=info.model_id, datasets=datasets)  # onto the ensemble too, naming the data
     client.set_terminated(run_id)
     name = f"{config.registry.model_name}-cv"
-    version = register_version(name, run_id, info.model_uri, ENSEMBLE_SCORE, float(metrics["dsc_mean"]))
+    version = register_version(name, run_id, info.model_uri, ENSEMBLE_SCORE, float(metrics["dsc_mean"]),
+                               weights_digest(stage.fold_checkpoints(config), [stage.ensemble_path(config)]))
     return {"model_name": name, "version": int(version), "run_id": run_id,
             **move_aliases(name, version, float(metrics["dsc_mean"]), config.registry.champion_floor,
                            held=stage.failed_folds_said(metrics))}

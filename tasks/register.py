@@ -11,6 +11,7 @@ champion with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -26,20 +27,44 @@ from tasks.tracking import run_link, train_record
 from unet.config import PipelineConfig
 from unet.errors import MissingInputError
 from unet.io.atomic import atomic_file
+from unet.models.checkpoint import load_checkpoint
 from unet.register.decision import CHALLENGER, CHAMPION, decide, run_score
 
 LEGACY_SCORE_TAG = "val_dsc"  # versions registered before the tag carried the metric's name
 
 
+WEIGHTS_TAG = "weights_sha256"  # a version's weights: a rerun that trained the same ones registers no new version
+
+
+def weights_digest(checkpoints: list[Path], rules: list[Path] = ()) -> str:
+    """SHA-256 of the checkpoints' tensors, key by key (not of the files, whose metadata may differ),
+    and of the files in ``rules`` that change what the model answers (an ensemble's post-processing)."""
+    digest = hashlib.sha256()
+    for path in checkpoints:
+        state = load_checkpoint(path)["model"]
+        for key in sorted(state):
+            digest.update(key.encode())
+            digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    for path in rules:
+        if Path(path).is_file():
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 @stage_task(name="register-version")
-def register_version(name: str, run_id: str, model_uri: str, score_metric: str, score: float) -> str:
-    """A new version for the run's model (the same one when this run was registered before), its score
-    tagged; returns the version number."""
+def register_version(name: str, run_id: str, model_uri: str, score_metric: str, score: float,
+                     weights: str | None = None) -> str:
+    """A new version for the run's model, its score and ``weights`` digest tagged; the existing one
+    when this run, or a run with the same weights, was registered before. Returns the version number."""
     client = MlflowClient()
-    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
-    version = existing[0].version if existing else mlflow.register_model(model_uri, name).version
+    existing = [v for v in client.search_model_versions(f"name = '{name}'")
+                if v.run_id == run_id or (weights and v.tags.get(WEIGHTS_TAG) == weights)]
+    version = min(existing, key=lambda v: int(v.version)).version if existing else \
+        mlflow.register_model(model_uri, name).version
     client.set_model_version_tag(name, version, score_metric, repr(score))
     client.set_model_version_tag(name, version, "score_metric", score_metric)
+    if weights:
+        client.set_model_version_tag(name, version, WEIGHTS_TAG, weights)
     return str(version)
 
 
@@ -81,7 +106,8 @@ def register(config: PipelineConfig) -> dict[str, Any]:
         raise MissingInputError(f"{config.train.run_path}: the train run logged no model (it did not finish); "
                                 "retrain (dvc repro train)")
     score_metric, score = run_score(MlflowClient().get_run(record["run_id"]).data.metrics)
-    version = register_version(name, record["run_id"], record["model_uri"], score_metric, score)
+    version = register_version(name, record["run_id"], record["model_uri"], score_metric, score,
+                               weights_digest([config.train.best_path]))
     exported = export_and_describe(config, record, version) if config.registry.export else None  # may fail:
     result = {"model_name": name, "version": int(version), "run_id": record["run_id"], "score_metric": score_metric,
               "score": score, **move_aliases(name, version, score, config.registry.champion_floor)}  # then no alias

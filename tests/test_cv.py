@@ -123,6 +123,22 @@ def test_held_out_patients_score_each_fold_and_the_ensemble(prepared):
     assert 0 <= holdout["ensemble_dsc_mean"] <= 1 and holdout["best_single_fold_dsc_mean"] >= holdout["single_fold_dsc_mean"]
 
 
+def nudge_folds(config, seed_text: str) -> None:
+    """The fold checkpoints' weights moved by 1e-4: what another training of the folds would leave."""
+    import hashlib
+
+    import torch
+
+    from unet.models.checkpoint import load_checkpoint, save_checkpoint
+
+    generator = torch.Generator().manual_seed(int(hashlib.sha256(seed_text.encode()).hexdigest()[:8], 16))
+    for path in stage.fold_checkpoints(config):
+        state = load_checkpoint(path)
+        state["model"] = {k: v + 1e-4 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                          for k, v in state["model"].items()}
+        save_checkpoint(path, state)
+
+
 @pytest.mark.integration
 def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect_api, tmp_path):
     import os
@@ -150,9 +166,13 @@ def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect
     subprocess.run([sys.executable, "-c", code, tmp_path / "slices.npy", tmp_path / "mask.npy"], cwd=tmp_path,
                    env=os.environ, check=True, timeout=180)
     np.testing.assert_array_equal(np.load(tmp_path / "mask.npy"), expected)
+    first = cv_tasks.register_ensemble(config, metrics)  # a rerun with the same fold weights: no new version
+    assert (first["version"], first["decision"]) == (1, "unchanged")
+    nudge_folds(config, "worse")  # other trainings: other weights
     worse = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": max(metrics["dsc_mean"] - 0.1, 0.0)})
+    nudge_folds(config, "better")
     better = cv_tasks.register_ensemble(config, {**metrics, "dsc_mean": metrics["dsc_mean"] + 0.1})
-    assert (worse["decision"], better["decision"]) == ("kept", "promoted")
+    assert (worse["version"], worse["decision"], better["version"], better["decision"]) == (2, "kept", 3, "promoted")
     # the ensemble's page lists the data its figures come from: every patient, out of fold
     from mlflow import MlflowClient
 

@@ -198,18 +198,30 @@ def test_a_killed_training_resumed_goes_on_in_its_own_run(tracked, tmp_path):
     assert run.data.params["train.epochs"] == "1" and run.data.tags["resume.train.epochs"] == "2"
 
 
-def fake_run(root: Path, config, name: str, score: float) -> object:
-    """Another finished run with the same model and a chosen validation DSC, as the register stage sees it."""
+def fake_run(root: Path, config, name: str, score: float, same_weights: bool = False) -> object:
+    """Another finished run with a chosen validation DSC, as the register stage sees it: its own
+    weights (the trained ones, nudged by a seed from ``name``), or the same ones (``same_weights``)."""
+    import torch
+
     from tasks import mlflow_model
+    from unet.models.checkpoint import load_checkpoint, save_checkpoint
 
     experiment = client().get_experiment_by_name(config.mlflow.experiment).experiment_id
     run_id = client().create_run(experiment).info.run_id
     tracking.log_metrics(run_id, {"val_dsc_mean": score})
+    state = load_checkpoint(config.train.best_path)
+    if not same_weights:
+        generator = torch.Generator().manual_seed(int(hashlib.sha256(name.encode()).hexdigest()[:8], 16))
+        state["model"] = {k: v + 1e-4 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                          for k, v in state["model"].items()}
+    checkpoint = save_checkpoint(root / name / "models/best.pt", state)
     slices = np.stack([np.zeros((32, 32, 3), np.uint8)] * 2)
-    info = mlflow_model.log_model(run_id, config.train.out_dir / "best.pt", slices)
+    info = mlflow_model.log_model(run_id, checkpoint, slices)
     metrics_dir = root / name
     tracking.write_run_file(metrics_dir / config.train.run_path.name, {"run_id": run_id, "model_uri": info.model_uri})
-    return parse_config(params_for(root, metrics_dir=name))
+    params = params_for(root, metrics_dir=name)
+    params["train"]["out_dir"] = str(root / name / "models")
+    return parse_config(params)
 
 
 def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
@@ -244,6 +256,10 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     assert (again["version"], again["decision"]) == (3, "unchanged")
     aliases = client().get_registered_model(MODEL).aliases
     assert aliases == {"champion": 3, "challenger": 3}
+    rerun = register.run(fake_run(root, config, "rerun", score + 0.2, same_weights=True))  # a rerun, same weights
+    assert (rerun["version"], rerun["decision"]) == (1, "promoted")  # version 1 again, not a copy of it as 4
+    assert len(client().search_model_versions(f"name = '{MODEL}'")) == 3
+    assert client().get_registered_model(MODEL).aliases == {"champion": 1, "challenger": 1}  # the trained weights
 
 
 def test_an_export_that_fails_moves_no_alias(tracked, tmp_path):
