@@ -203,3 +203,17 @@ def test_a_fold_that_did_not_learn_and_the_missed_patients_are_said():
     assert "fold 0 did not learn" in said and "missed (DSC under 0.1): P0 (fold 0), P1 (fold 0), P5 (fold 2)" in said
     assert "**Fold 0 did not learn**" in cv_report(metrics) and "3 patient(s) missed" in cv_report(metrics)
     assert stage.failed_folds_said(metrics).startswith("1 fold(s) did not learn (fold 0 DSC 0.010")
+
+
+def test_a_fold_key_follows_what_the_fold_trains_with():
+    """cv.epochs set: train.epochs (the main training's) does not retrain the folds; cv.epochs does."""
+    from unet.cv.folds import fold_key
+
+    def key(**sections):
+        config = parse_config({"cv": {"folds": 2, "epochs": 4, **sections.get("cv", {})},
+                               "train": {"epochs": 8, **sections.get("train", {})}})
+        return fold_key({"A": "train", "B": "val"}, config, "digest")
+
+    assert key(train={"epochs": 20}) == key()
+    assert key(cv={"epochs": 5}) != key() and key(train={"lr": 0.0123}) != key()
+    assert key(cv={"epochs": None}, train={"epochs": 20}) != key(cv={"epochs": None})  # unset: train.epochs counts

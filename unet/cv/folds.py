@@ -38,9 +38,10 @@ def fold_manifest(manifest: pd.DataFrame, assignment: dict[str, str]) -> pd.Data
 def fold_key(assignment: dict[str, str], config: PipelineConfig, data_digest: str) -> str:
     """What a fold's results depend on: its patients, the model and recipe, the data. A fold whose key
     is unchanged keeps its results; another key retrains it."""
+    trains = fold_config(config, 0).train  # what a fold trains with: cv.epochs, when set, not train.epochs
     recipe = {"assignment": sorted(assignment.items()), "model": config.model.model_dump(mode="json"),
-              "train": config.train.model_dump(mode="json", exclude={"resume", "out_dir", "metrics_dir", "workers", "threads"}),
-              "epochs": config.cv.epochs, "threshold": config.evaluate.threshold, "data": data_digest}
+              "train": trains.model_dump(mode="json", exclude={"resume", "out_dir", "metrics_dir", "workers", "threads"}),
+              "threshold": config.evaluate.threshold, "data": data_digest}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
