@@ -199,7 +199,8 @@ def test_runs_on_the_projects_server_send_no_heartbeats_and_another_server_keeps
     with project_server.reporting(code_dir=REPO, environ=own) as url:
         assert url == prefect_api
         assert heartbeat_setting() is None  # a run on the real server, inside its settings
-    other = {"PREFECT_HOME": str(SESSION_PREFECT_HOME), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    # the same real server under another of its names: to reporting() a server the user chose
+    other = {"PREFECT_HOME": str(SESSION_PREFECT_HOME), "PREFECT_API_URL": prefect_api.replace("127.0.0.1", "localhost")}
     with project_server.reporting(code_dir=REPO, environ=other) as url:
         assert url == other["PREFECT_API_URL"]
         assert get_current_settings().flows.heartbeat_frequency == default is not None
