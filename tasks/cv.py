@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from tasks import mlflow_model
 from tasks.common import stage_task
+from tasks.export import log_ensemble_card
 from tasks.postgres import without_password
 from tasks.register import move_aliases, register_version, weights_digest
 from tasks.reports import cv_report, figures, publish
@@ -70,6 +71,8 @@ def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[s
     name = f"{config.registry.model_name}-cv"
     version = register_version(name, run_id, info.model_uri, ENSEMBLE_SCORE, float(metrics["dsc_mean"]),
                                weights_digest(stage.fold_checkpoints(config), [stage.ensemble_path(config)]))
+    log_ensemble_card(config, run_id, name, version, metrics, stage.fold_checkpoints(config),
+                      stage.ensemble_path(config))
     return {"model_name": name, "version": int(version), "run_id": run_id,
             **move_aliases(name, version, float(metrics["dsc_mean"]), config.registry.champion_floor,
                            held=stage.failed_folds_said(metrics))}

@@ -17,8 +17,10 @@ outputs. Everything names its run or version explicitly (no active run), as ``ta
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from mlflow import MlflowClient
 from tasks.tracking import log_metrics
 from unet.config import PipelineConfig
 from unet.export.card import model_card, read_checkpoint_meta, read_metrics
+from unet.export.cv_card import ensemble_card
 from unet.export.check import ExportCheck, check_export, check_prepared
 from unet.export.cli import CARD_NAME, CHECK_NAME, ONNX_NAME, TORCHSCRIPT_NAME
 from unet.export.graphs import export_onnx, export_torchscript
@@ -122,8 +125,32 @@ def card_inputs(config: PipelineConfig) -> dict[str, Any]:
     if config.cv.folds and config.cv.metrics_path.is_file():
         folds = json.loads(config.cv.metrics_path.read_text()).get("fold_dsc_mean") or {}
         cv = {"dsc": [folds[k] for k in sorted(folds, key=int)]} if folds else None
-    return {"metrics": metrics, "cv": cv, "data": {"source": config.data.source},
+    return {"metrics": metrics, "cv": cv, "data": card_data(config),
             "split": config.prepare.split.model_dump(mode="json")}
+
+
+def card_data(config: PipelineConfig) -> dict[str, Any]:
+    """What a card says of the training data: the source, and which synthetic set."""
+    synthetic = {"anatomy": config.data.synthetic.anatomy} if config.data.source == "synthetic" else {}
+    return {"source": config.data.source} | synthetic
+
+
+def log_ensemble_card(config: PipelineConfig, run_id: str, model_name: str, version: str, metrics: Mapping[str, Any],
+                      checkpoints: list[Path], rule_path: Path) -> str:
+    """The fold ensemble's card (``unet.export.cv_card``) in its run under ``export/`` and as the version's
+    description; returns the markdown."""
+    with config.cv.per_patient_path.open(newline="") as handle:
+        per_patient = list(csv.DictReader(handle))
+    rule = json.loads(rule_path.read_text()) if rule_path.is_file() else None
+    card = ensemble_card(fold_metas=[read_checkpoint_meta(path) for path in checkpoints], cv=metrics,
+                         per_patient=per_patient, data=card_data(config), rule=rule,
+                         threshold=config.evaluate.threshold, seed=config.cv.seed, name=model_name)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / CARD_NAME
+        path.write_text(card)
+        MlflowClient().log_artifact(run_id, str(path), ARTIFACT_DIR)
+    describe_version(model_name, version, card)
+    return card
 
 
 def prepared_slices(config: PipelineConfig, part: str = "test", limit: int = CHECK_SLICES) -> np.ndarray:

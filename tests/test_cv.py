@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -187,6 +188,13 @@ def test_the_fold_ensemble_is_registered_and_serves_raw_slices(prepared, prefect
     (dataset,) = client.get_run(better["run_id"]).inputs.dataset_inputs
     assert (dataset.dataset.name, [(t.key, t.value) for t in dataset.tags]) == \
         ("lgg-prepared-all", [("mlflow.data.context", "cross-validation")])
+    # the ensemble has a card: the version's description and export/MODEL_CARD.md in its run
+    card = version.description
+    for phrase in ("# Model card: lgg-test-cv-base-cv", "An ensemble of 2 fold models", "Fold 1:", "out of fold",
+                   "no held-out score of its own", "Trained on synthetic data", "| 0 |", "| 1 |"):
+        assert phrase in card, phrase
+    local = client.download_artifacts(better["run_id"], "export/MODEL_CARD.md", str(tmp_path))
+    assert Path(local).read_text() == card
 
 
 def test_a_fold_that_did_not_learn_and_the_missed_patients_are_said():

@@ -151,12 +151,30 @@ def test_model_card(reference, tmp_path):
                    "method random, val_fraction 0.15", "TCGA-LGG", "reference U-Net", "epoch 2 of 3 (train.select: best)",
                    "then the largest 3-D connected component"):
         assert phrase in text, phrase
-    assert "synthetic phantom set" not in text
+    assert "Trained on synthetic data" not in text and "one public collection" in text
     synthetic = write_model_card(tmp_path / "synthetic.md", checkpoint_meta={"model_config": {"variant": "reference"}},
                                  metrics={"dsc_mean": 0.5}, data={"source": "synthetic"}).read_text()
-    assert "Trained on the synthetic phantom set" in synthetic and "no per-volume scores given" in synthetic
+    assert "Trained on synthetic data" in synthetic and "no per-volume scores given" in synthetic
     bare = write_model_card(tmp_path / "bare.md", checkpoint_meta={"epoch": 8}, metrics={}).read_text()
     assert "No evaluation metrics given" in bare and "saved at epoch 8" in bare and "not recorded" in bare
+
+
+@pytest.mark.parametrize("data, says, never", [
+    ({"source": "synthetic", "anatomy": "mni152"}, ["MNI152 2009a brain template", "Trained on synthetic images only"],
+     ["phantom", "one public collection", "TCGA-LGG", ",:"]),
+    ({"source": "synthetic", "synthetic": {"anatomy": "phantom"}}, ["synthetic ellipse phantoms", "synthetic images only"],
+     ["MNI152", "one public collection", ",:"]),
+    ({"source": "kaggle"}, ["Source: kaggle: the LGG segmentation dataset", "one public collection"],
+     ["synthetic", ",:"]),
+    ({}, ["Source: not recorded", "the recipe is for the LGG segmentation dataset"], ["synthetic", ",:"]),
+])
+def test_the_model_card_says_what_the_model_was_trained_on(tmp_path, data, says, never):
+    text = write_model_card(tmp_path / "card.md", checkpoint_meta={"model_config": {"variant": "reference"}},
+                            metrics={"dsc_mean": 0.5}, data=data).read_text()
+    for phrase in says:
+        assert phrase in text, phrase
+    for phrase in never:
+        assert phrase not in text, phrase
 
 
 def test_read_metrics(tmp_path):

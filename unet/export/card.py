@@ -31,17 +31,27 @@ _INTENDED_USE = [
     "skull-on slices (no skull stripping) as in the Kaggle LGG set, with pre-contrast, FLAIR and "
     "post-contrast sequences co-registered on one grid.", ""]
 
+_SYNTHETIC_SETS = {"mni152": "synthetic patients drawn on the MNI152 2009a brain template (nilearn's), with "
+                             "generated lesions and sequences",
+                   "phantom": "synthetic ellipse phantoms"}
+
+_REAL_DATA_LIMIT = ("- Trained on one public collection from few institutions and scanners; expect lower accuracy on "
+                    "other scanners, field strengths, protocols and populations.")
+_SYNTHETIC_LIMIT = ("- Trained on synthetic images only: its figures measure the pipeline on generated data and say "
+                    "nothing of its accuracy on any real scan.")
+
 _LIMITS = [
-    "## Limits", "",
-    "- Research use only; not a medical device, not cleared or approved by any regulator.",
-    "- Trained on one public collection from few institutions and scanners; expect lower accuracy on other "
-    "scanners, field strengths, protocols and populations.",
     "- Only lower-grade glioma's FLAIR abnormality: not high-grade glioma, metastases, other lesions, "
     "post-operative cavities or children; not enhancing tumour or necrosis subregions.",
     "- Only the inputs described above: skull-stripped, sagittal or coronal slices, sequences that are not "
     "co-registered, or another normalisation give unreliable masks.",
     "- Where its validation volumes scored better so, it outlines one connected region at most (the largest "
     "component; see Model); it may outline a region in a scan without tumour.", ""]
+
+
+def _limits(synthetic: str | None) -> list[str]:
+    return ["## Limits", "", "- Research use only; not a medical device, not cleared or approved by any regulator.",
+            _SYNTHETIC_LIMIT if synthetic else _REAL_DATA_LIMIT, *_LIMITS]
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -123,13 +133,21 @@ def _metric_rows(summary: Mapping[str, Any]) -> list[str]:
 # ---- sections ---------------------------------------------------------------------------------
 
 
-def _title(variant: str, synthetic: bool) -> list[str]:
-    lines = [f"# Model card: lgg-unet ({variant} U-Net)", "",
+def synthetic_set(data: Mapping[str, Any]) -> str | None:
+    """What a synthetic training set was (``data.synthetic.anatomy``); None for real data."""
+    if str(data.get("source", "")).lower() != "synthetic":
+        return None
+    anatomy = str(data.get("anatomy") or dict(data.get("synthetic") or {}).get("anatomy") or "")
+    return _SYNTHETIC_SETS.get(anatomy, "a synthetic set (its kind not recorded)")
+
+
+def _title(variant: str, synthetic: str | None, name: str = "lgg-unet") -> list[str]:
+    lines = [f"# Model card: {name} ({variant} U-Net)", "",
              "> **Research use only. Not a medical device.** Its output has not been validated for diagnosis, "
              "treatment planning or any clinical decision.", ""]
     if synthetic:
-        lines += ["> **Trained on the synthetic phantom set** (data.source: synthetic): a pipeline demonstration "
-                  "that has never seen a real scan. Do not use it on patients' images.", ""]
+        lines += [f"> **Trained on synthetic data** ({synthetic}; data.source: synthetic): a pipeline "
+                  "demonstration that has never seen a real scan. Do not use it on patients' images.", ""]
     return lines
 
 
@@ -188,14 +206,23 @@ def _preprocessing_section(pre: Mapping[str, Any]) -> list[str]:
         "probabilities (B, C, H, W); mapping back to the scan's grid and the threshold are not in the graph.", ""]
 
 
-def _training_data_section(data: Mapping[str, Any], split: Mapping[str, Any], synthetic: bool) -> list[str]:
+_LGG_SET = ("the LGG segmentation dataset (Buda et al. 2019, Kaggle mateuszbuda/lgg-mri-segmentation): 110 "
+            "patients of The Cancer Imaging Archive's TCGA-LGG collection, 3929 axial slices of 256 x 256, manual "
+            "FLAIR-abnormality masks")
+
+
+def _source_text(data: Mapping[str, Any], synthetic: str | None) -> str:
+    if synthetic:
+        return f"Source: synthetic: {synthetic}, in the Kaggle set's layout and formats"
+    if data.get("source"):
+        return f"Source: {data['source']}: {_LGG_SET}"
+    return f"Source: not recorded with the checkpoint (see params.yaml data.source); the recipe is for {_LGG_SET}"
+
+
+def _training_data_section(data: Mapping[str, Any], split: Mapping[str, Any], synthetic: str | None) -> list[str]:
     return [
         "## Training data", "",
-        "- " + (f"Source: {data.get('source')}," if data.get("source") else
-                "Source: not recorded with the checkpoint (see params.yaml data.source); the recipe is for")
-        + (" the LGG segmentation dataset (Buda et al. 2019, Kaggle mateuszbuda/lgg-mri-segmentation): 110 "
-           "patients of The Cancer Imaging Archive's TCGA-LGG collection, 3929 axial slices of 256 x 256, "
-           "manual FLAIR-abnormality masks" if not synthetic else ": synthetic phantoms in the Kaggle layout"),
+        "- " + _source_text(data, synthetic),
         "- Split by patient (no patient in two parts): "
         + (", ".join(f"{k} {v}" for k, v in split.items()) if split else "not recorded with the checkpoint "
            "(see params.yaml prepare.split)"), ""]
@@ -266,7 +293,8 @@ def _cv_section(cv: Mapping[str, Any]) -> list[str]:
 
 
 def model_card(*, checkpoint_meta: Mapping[str, Any], metrics: Mapping[str, Any], cv: Mapping[str, Any] | None = None,
-               data: Mapping[str, Any] | None = None, split: Mapping[str, Any] | None = None) -> str:
+               data: Mapping[str, Any] | None = None, split: Mapping[str, Any] | None = None,
+               name: str = "lgg-unet") -> str:
     """The model card as markdown: the model, training data and split, the evaluation protocol and
     per-volume DSC with its spread, cross-validation when given, intended use, the preprocessing it
     expects, limits.
@@ -279,13 +307,14 @@ def model_card(*, checkpoint_meta: Mapping[str, Any], metrics: Mapping[str, Any]
     split = dict(split or checkpoint_meta.get("split") or {})
     variant = dict(checkpoint_meta.get("model_config") or {}).get("variant", "unknown")
     pre = dict(dict(checkpoint_meta.get("metadata") or {}).get("preprocess") or {})
-    synthetic = str(data.get("source", "")).lower() == "synthetic"
-    lines = [*_title(variant, synthetic), *_model_section(checkpoint_meta), *_INTENDED_USE,
+    synthetic = synthetic_set(data)
+    lines = [*_title(variant, synthetic, name), *_model_section(checkpoint_meta), *_INTENDED_USE,
              *_preprocessing_section(pre), *_training_data_section(data, split, synthetic),
              "## Evaluation", "", *_evaluation_section(metrics)]
     if cv:
         lines += _cv_section(cv)
-    lines += [*_LIMITS, f"_Written by lgg-unet on {date.today().isoformat()}._", ""]
+    lines += _limits(synthetic)
+    lines += [f"_Written by lgg-unet on {date.today().isoformat()}._", ""]
     return "\n".join(lines)
 
 
