@@ -7,7 +7,8 @@ from typing import Any
 from mlflow import MlflowClient
 
 from tasks.common import stage_task
-from tasks.reports import figure, publish, radiogenomics_report
+from tasks.radiogenomics_report import radiogenomics_report
+from tasks.reports import figure, publish
 from tasks.tracking import log_metrics, use_experiment
 from unet.config import PipelineConfig
 

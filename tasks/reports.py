@@ -57,14 +57,14 @@ def _figure(path: Path, caption: str, limit: int) -> tuple[str, int]:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A GitHub markdown table; numbers right-aligned, floats to 4 significant digits."""
-    def cell(value: object) -> str:
+    def cell(value: object) -> str:  # a pipe or a line break in a cell (or a header) would end it
         if isinstance(value, float):
             return f"{value:.4g}"
-        return str(value).replace("|", "\\|")
+        return " ".join(str(value).splitlines()).replace("|", "\\|")
 
     rows = [[cell(v) for v in row] for row in rows]
     align = ["---:" if rows and all(_numeric(r[i]) for r in rows) else "---" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -194,27 +194,6 @@ def cv_caveats(metrics: Mapping) -> str:
                      + f". Without them the mean is {float(metrics['dsc_mean_without_missed']):.4f}; the median "
                      "is the steadier figure on a few patients.")
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
-
-
-def radiogenomics_report(result: Mapping) -> str:
-    """The study's tests, most significant first: feature, cluster, masks, n, p, Bonferroni p."""
-    tests = sorted(result["tests"], key=lambda t: (t["p"] != t["p"], t["p"]))
-    rows = [(t["feature"].upper(), t["variable"], t["masks"], t["n"], float(t["p"]), float(t["p_adjusted"]),
-             ("yes" if t["significant"] else "no") + (" (pre-registered)" if t["preregistered"] else ""))
-            for t in tests]
-    found = sum(t["significant"] for t in tests)
-    agreement = result.get("agreement", {})
-    lines = [f"# radiogenomics: {found} of {len(tests)} tests significant after Bonferroni "
-             f"({result['patients']} patients)", "",
-             table(["feature", "cluster", "masks", "n", "p", "p (Bonferroni)", "significant"], rows)]
-    if unlisted := result.get("patients_without_clinical_row"):
-        lines[1:1] = ["", f"**{len(unlisted)} patient(s) have no row in data.csv and are in no test:** "
-                          f"{', '.join(unlisted)}."]
-    if agreement:
-        lines += ["", table(["feature", "n", "Pearson r (automatic vs manual)", "mean |difference|"],
-                            [(f.upper(), a["n"], float(a["pearson_r"]), float(a["mean_abs_difference"]))
-                             for f, a in agreement.items()])]
-    return "\n".join(lines) + "\n"
 
 
 def plain(value: object) -> object:

@@ -63,11 +63,27 @@ def test_features_and_aucs_per_patient(study):
     assert {a["feature"] for a in result["aucs"]} == {"bevr", "mf", "asd"}
 
 
+def test_the_report_states_the_family_the_p_values_were_corrected_over(study):
+    """The report's "Bonferroni over those m" is the m the stage multiplied by: the manual tests run."""
+    from tasks.radiogenomics_report import radiogenomics_report
+
+    _, result = study
+    manual = [t for t in result["tests"] if t["masks"] == "manual"]
+    m = sum(t["p"] == t["p"] for t in manual)
+    assert m == len(manual) == 21 and result["alpha"] == 0.05
+    for t in manual:
+        assert t["p_adjusted"] == pytest.approx(min(1.0, t["p"] * m))
+        assert t["significant"] == (t["p_adjusted"] < result["alpha"])
+    found = sum(t["significant"] for t in manual)
+    report = radiogenomics_report(result)
+    assert f"**manual masks**: {found} of {m} tests significant, Bonferroni over those {m} (p x {m} < 0.05)" in report
+
+
 def test_a_patient_missing_from_data_csv_is_said_not_dropped_silently(study, tmp_path, caplog):
     """The tests join masks and data.csv: a patient without a row is named in the log, the metrics
     and the report."""
     config, result = study
-    from tasks.reports import radiogenomics_report
+    from tasks.radiogenomics_report import radiogenomics_report
 
     assert result["patients_without_clinical_row"] == []
     rows = (config.data.raw_root / "data.csv").read_text().splitlines()

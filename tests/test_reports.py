@@ -50,3 +50,13 @@ def test_figures_share_one_budget_in_order(tmp_path):
     assert all(p.read_bytes().startswith(PNG) for p in paths)
     text = figures([(p, f"picture {k}") for k, p in enumerate(paths)], budget=2 * size + size // 2)
     assert len(embedded(text)) == 2 and "picture 2*: `" in text
+
+
+def test_a_table_keeps_its_columns_whatever_its_text():
+    from tasks.reports import table
+
+    text = table(["name", "mean |difference|"], [("a|b", 0.5), ("two\nlines", "x")])
+    lines = text.splitlines()
+    columns = [len(re.findall(r"(?<!\\)\|", line)) for line in lines]
+    assert len(lines) == 4 and columns == [3, 3, 3, 3], text
+    assert "two lines" in text and "a\\|b" in text and "mean \\|difference\\|" in text

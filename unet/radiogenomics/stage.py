@@ -2,10 +2,11 @@
 
 For every patient, the shape features of the manual mask (the set's ground truth) and of the
 automatic one (segmented out of fold by the ``cv`` stage) are tested against the genomic clusters
-of ``data.csv``: Fisher's exact test of feature quartile x cluster, Bonferroni over the tests run,
-the paper's pre-registered pairs marked; AUCs of each feature for cluster k against the rest; and
-the agreement of automatic with manual features (the paper's point: automatic masks keep the
-associations). Without cross-validation (``cv.folds: 0``) only the manual masks are studied.
+of ``data.csv``: Fisher's exact test of feature quartile x cluster, Bonferroni over the tests run with
+each kind of masks (manual and automatic are two families), the paper's pre-registered pairs marked;
+AUCs of each feature for cluster k against the rest; and the agreement of automatic with manual
+features (the paper's point: automatic masks keep the associations). Without cross-validation
+(``cv.folds: 0``) only the manual masks are studied.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from unet.io.layout import read_manifest
 from unet.radiogenomics.clinical import CLUSTER_COLUMNS, PATIENT, read_clinical_csv
 from unet.radiogenomics.features import patient_features
 from unet.radiogenomics.figure import heatmap
-from unet.radiogenomics.stats import FEATURES, association_tests, feature_aucs
+from unet.radiogenomics.stats import ALPHA, FEATURES, association_tests, feature_aucs
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
                     len(unlisted), config.data.raw_root / DATA_CSV, ", ".join(unlisted))
     result = {"patients": int(manifest["patient"].nunique()), "patients_without_clinical_row": unlisted,
               "masks": list(features["masks"].unique()), "spacing_mm": list(rg.spacing_mm),
-              "variables": list(CLUSTER_COLUMNS), **study(features, clinical)}
+              "variables": list(CLUSTER_COLUMNS), "alpha": ALPHA, **study(features, clinical)}
     if len(tables) == 2:
         result["agreement"] = agreement(*tables)
     with atomic_file(rg.features_path, "w") as handle:
@@ -103,6 +104,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
         json.dump(json_safe(result), handle, indent=2)
     heatmap(result["tests"], rg.figure)
     found = [t for t in result["tests"] if t["significant"]]
-    log.info("radiogenomics: %d tests, %d significant after Bonferroni: %s", len(result["tests"]), len(found),
+    log.info("radiogenomics: %d tests (%s masks, Bonferroni within each kind), %d significant: %s",
+             len(result["tests"]), " and ".join(result["masks"]), len(found),
              ", ".join(f"{t['feature']} x {t['variable']} ({t['masks']}, p={t['p']:.2g})" for t in found) or "none")
     return result
