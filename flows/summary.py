@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flows.common import stage_main
 from tasks import project_server
-from tasks.tracking import tracking_uri
+from tasks.tracking import experiment_link, tracking_uri
 from unet.config import PipelineConfig
 from unet.io.layout import read_summary
 
@@ -30,8 +30,8 @@ def run(config: PipelineConfig) -> dict:
           + (f" ({registry['why']})" if registry.get("why") else "") + f"; {champion}")
     print(f"MLflow store: {tracking_uri(config.mlflow)}")
     print(project_server.describe(project_server.project_home(Path.cwd(), os.environ)))
-    print(f"MLflow UI: make ui, then http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}; "
-          "curves: dvc plots show (reports/*.png offline)")
+    print(f"MLflow UI: make ui, then {experiment_link(config.mlflow)}")
+    print(f"curves: dvc plots show, or offline {config.train.curve_path} and {config.evaluate.per_patient_figure}")
     print(f"use it: mlflow.pyfunc.load_model('models:/{registry['model_name']}@champion').predict(slices)")
     return registry
 

@@ -236,10 +236,24 @@ def check_store(config: MlflowConfig, environ: Mapping[str, str] = os.environ) -
     return uri
 
 
+def ui_base(uri: str, environ: Mapping[str, str] = os.environ) -> str:
+    """The MLflow UI of the store ``uri``: the tracking server itself, else ``make ui``'s."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else \
+        f"http://127.0.0.1:{environ.get('MLFLOW_PORT', '5000')}"
+
+
 def run_link(experiment_id: str, run_id: str, environ: Mapping[str, str] = os.environ) -> str:
     """A markdown link to the run in the MLflow UI: the tracking server's, else ``make ui``'s."""
-    uri = mlflow.get_tracking_uri()
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else \
-        f"http://127.0.0.1:{environ.get('MLFLOW_PORT', '5000')}"
-    return f"[{run_id[:8]}]({base}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"[{run_id[:8]}]({ui_base(mlflow.get_tracking_uri(), environ)}/#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def experiment_link(config: MlflowConfig, environ: Mapping[str, str] = os.environ) -> str:
+    """The experiment's runs table in the MLflow UI, in its model-training view (MLflow 3's home page and
+    an experiment without ``workflowType`` open the GenAI one); the UI's home when there is no experiment yet."""
+    uri = tracking_uri(config, environ)
+    base = ui_base(uri, environ)
+    experiment = MlflowClient(uri).get_experiment_by_name(config.experiment)
+    if experiment is None:
+        return base
+    return f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
 

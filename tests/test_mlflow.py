@@ -122,6 +122,17 @@ def test_run_score_without_scores_says_what_to_run():
         run_score({"loss": 0.1})
 
 
+def test_the_printed_mlflow_link_opens_the_experiments_runs_in_the_model_training_view(tmp_path):
+    config = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="lgg-link")
+    environ = {"MLFLOW_PORT": "5123"}
+    assert tracking.experiment_link(config, environ) == "http://127.0.0.1:5123"  # no experiment yet: the UI's home
+    experiment_id = tracking.use_experiment(config, environ)
+    assert tracking.experiment_link(config, environ) == \
+        f"http://127.0.0.1:5123/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    served = MlflowConfig(tracking_uri="http://mlflow.example:5555/", experiment="lgg-link")
+    assert tracking.ui_base(served.tracking_uri, environ) == "http://mlflow.example:5555"
+
+
 @pytest.mark.parametrize(("nfiles", "source"), [(2, "dvc.lock"), (3, "manifest.parquet")])
 def test_data_hash_from_dvc_lock_only_while_it_matches_the_folder(tmp_path, nfiles, source):
     prepared = tmp_path / "data/prepared"
