@@ -85,6 +85,43 @@ def test_a_full_disk_or_read_only_folder_is_one_line_naming_it(tmp_path, monkeyp
     assert not [p for p in (tmp_path / "metrics").iterdir()]  # the temporary file is gone too
 
 
+WRITE_LIMITED = """
+import resource, signal, sys, torch
+from unet.errors import UserError
+from unet.models.checkpoint import save_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    save_checkpoint(sys.argv[1], {"model": {"w": torch.zeros(1000, 1000)}, "model_config": {}})
+except UserError as exc:
+    print("UserError:", exc)
+"""
+
+
+def test_a_checkpoint_that_runs_out_of_room_mid_write_is_one_line(tmp_path):
+    """A real failed write inside torch.save (a file-size limit: the kernel refuses the write, as a full
+    disk does): torch raises RuntimeError "unexpected pos" with the OSError behind it; the user gets one line."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "models" / "best.pt"
+    result = subprocess.run([sys.executable, "-c", WRITE_LIMITED, str(target)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"UserError: {target.parent}: no room (File too large) writing best.pt ("), \
+        result.stdout + result.stderr
+    assert list(target.parent.iterdir()) == []  # neither the checkpoint nor its temporary file
+
+
+def test_an_exception_with_a_foreign_oserror_behind_it_keeps_its_type(tmp_path):
+    with pytest.raises(RuntimeError, match="a bug"):
+        with atomic_file(tmp_path / "out.json", "w"):
+            try:
+                open(tmp_path / "elsewhere" / "missing.txt")
+            except FileNotFoundError:
+                raise RuntimeError("a bug")
+
+
 def test_an_oserror_that_is_not_about_the_output_keeps_its_type(tmp_path):
     with pytest.raises(FileNotFoundError):
         with atomic_dir(tmp_path / "out"):

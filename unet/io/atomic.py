@@ -24,7 +24,7 @@ from unet.errors import UserError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 DIR_MODE, FILE_MODE = 0o777 & ~_UMASK, 0o666 & ~_UMASK
-_FULL = {errno.ENOSPC, errno.EDQUOT}
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no room: the disk, the quota, the largest file allowed
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
@@ -77,11 +77,37 @@ def _reraise(exc: OSError, target: Path) -> NoReturn:
     ours = exc.filename is None or str(target.parent.resolve()) in str(Path(exc.filename).resolve())
     if exc.errno in _FULL:
         free = shutil.disk_usage(target.parent).free
-        raise OutputError(exc.errno, f"{target.parent}: no space left writing {target.name} "
+        why = "no space left" if exc.errno == errno.ENOSPC else f"no room ({exc.strerror})"
+        raise OutputError(exc.errno, f"{target.parent}: {why} writing {target.name} "
                                      f"({free:,} bytes free); free some space and rerun") from exc
     if exc.errno in _READ_ONLY and ours:
         raise OutputError(exc.errno, f"{target.parent}: cannot write {target.name} there ({exc.strerror}); "
                                      "make the folder writable or point the stage's out_dir elsewhere") from exc
+    raise exc
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError a writer's own exception hides: torch.save turns a failed write into a RuntimeError
+    ("unexpected pos") raised while the OSError is handled, so the OSError is its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _reraise_behind(exc: Exception, target: Path) -> NoReturn:
+    """A full disk or a read-only folder under another exception, as ``_reraise`` says them; else as it was."""
+    behind = _os_error_behind(exc)
+    if behind is not None:
+        try:
+            _reraise(behind, target)
+        except OutputError:
+            raise
+        except OSError:
+            pass  # not the output's (a bug, or a file the stage reads): the exception as it was
     raise exc
 
 
@@ -105,6 +131,8 @@ def staging_dir(target: Path, *, expected_bytes: int | None = None) -> Iterator[
         yield staging
     except OSError as exc:
         _reraise(exc, target)
+    except Exception as exc:  # noqa: BLE001 (re-raised as it was unless an OSError of the output is behind it)
+        _reraise_behind(exc, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -143,6 +171,9 @@ def atomic_file(target: Path, mode: str = "wb") -> Iterator:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         _reraise(exc, target)
+    except Exception as exc:  # noqa: BLE001
+        Path(tmp).unlink(missing_ok=True)
+        _reraise_behind(exc, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
