@@ -1,10 +1,12 @@
 """``lgg-predict``: segment one new patient's scan with a trained checkpoint.
 
     lgg-predict --model models/best.pt --input PATIENT_FOLDER --output predictions/PATIENT
+    lgg-predict --model models:/lgg-unet@champion --input PATIENT_FOLDER --output predictions/PATIENT
     python -m unet.predict.cli --model models/best.pt --input pre.nii.gz flair.nii.gz post.nii.gz --output out
 
 The scan goes through ``unet.predict.segmenter.Segmenter`` (the checkpoint's own preprocessing, the
-network, the way back to the input's grid, threshold and largest 3-D component). DIR receives
+network, the way back to the input's grid, threshold and largest 3-D component), or the fold models'
+``EnsembleSegmenter`` (a registered ``lgg-unet-cv``; ``unet.predict.registry`` fetches registered models). DIR receives
 ``mask.nii.gz``, ``overlays/slice_<n>.png`` and ``summary.json``, all written in a staging folder
 beside DIR and moved in at the end, so a failed run leaves DIR as it was. Bad input exits with
 status 2 and one line naming the file.
@@ -19,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from unet.io.atomic import staging_dir
 from unet.errors import EnvironmentMismatch, InputError, UserError
 from unet.metrics import most_tumour_slices
 from unet.predict.scan import Scan, caption, read_scan, write_mask, write_overlay
+from unet.predict.ensemble import EnsembleSegmenter
+from unet.predict.registry import fetch, is_model_uri
 from unet.predict.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,7 @@ SINGLE_SLICE_WARNING = (
 
 @dataclass
 class PredictOptions:
-    model: Path
+    model: Path | str  # a checkpoint, or a models:/ or runs:/ URI
     inputs: list[Path]
     output: Path
     device: str = "auto"
@@ -77,10 +82,25 @@ def resolve_device(name: str) -> torch.device:
         raise InputError("--device cuda: torch sees no CUDA device here; use --device auto or --device cpu") from None
 
 
-def load_segmenter(options: PredictOptions) -> Segmenter:
-    """The checkpoint as a Segmenter (channels_last, CPU-sized batches: see ``Segmenter.from_checkpoint``)."""
-    return Segmenter.from_checkpoint(options.model, device=resolve_device(options.device), tta=options.tta,
-                                     threshold=options.threshold)
+def load_segmenter(options: PredictOptions, scratch: Path) -> tuple[Segmenter | EnsembleSegmenter, dict[str, Any]]:
+    """The model (a checkpoint, or a registered model downloaded into ``scratch``) as a segmenter
+    (channels_last, CPU-sized batches: see ``Segmenter.from_checkpoint``), and what ``summary.json``
+    says of it: where it came from, the checkpoints' SHA-256, its config and input size."""
+    device = resolve_device(options.device)
+    if not is_model_uri(options.model):
+        checkpoints, path, rule = [Path(options.model)], str(Path(options.model).resolve()), None
+    else:
+        registered = fetch(str(options.model), scratch)
+        checkpoints, path, rule = registered.checkpoints, registered.uri, registered.largest_component
+    if len(checkpoints) == 1 and rule is None:
+        segmenter = Segmenter.from_checkpoint(checkpoints[0], device=device, tta=options.tta,
+                                              threshold=options.threshold)
+    else:  # the cv stage's fold ensemble
+        segmenter = EnsembleSegmenter.from_checkpoints(checkpoints, device=device, tta=options.tta,
+                                                       threshold=options.threshold, largest_component=rule)
+    digests = [_sha256(c) for c in checkpoints]
+    return segmenter, {"path": path, "sha256": digests[0] if len(digests) == 1 else digests,
+                       "config": getattr(segmenter.model, "config", None), "image_size": segmenter.image_size}
 
 
 def predict(options: PredictOptions) -> dict[str, Any]:
@@ -93,13 +113,14 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     if scan.images.shape[0] == 1:
         log.warning(SINGLE_SLICE_WARNING, scan.sources[0])
         warnings.append(SINGLE_SLICE_WARNING % scan.sources[0])
-    segmenter = load_segmenter(options)
+    with tempfile.TemporaryDirectory(prefix="lgg-predict-model-") as scratch:
+        segmenter, model = load_segmenter(options, Path(scratch))
     read_s = time.perf_counter() - started
     mask = segmenter.segment(scan.images, largest_component=options.largest_component)
     segment_s = time.perf_counter() - started - read_s
     shown = range(len(mask)) if options.all_overlays else most_tumour_slices(mask, count=N_OVERLAYS)
     overlays = {f"{OVERLAY_DIR}/slice_{scan.slice_numbers[k]:03d}.png": k for k in shown}
-    summary = summarise(scan, mask, segmenter, options, list(overlays), warnings)
+    summary = summarise(scan, mask, segmenter, model, options, list(overlays), warnings)
     if options.bids is not None:
         summary["bids_mask"] = str(write_bids(options, scan, mask, segmenter, summary))
     write_outputs(options.output, scan, mask, summary, overlays, overwrite=options.overwrite)
@@ -108,15 +129,14 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     return summary
 
 
-def summarise(scan: Scan, mask: np.ndarray, segmenter: Segmenter, options: PredictOptions,
-              overlays: list[str], warnings: list[str]) -> dict[str, Any]:
+def summarise(scan: Scan, mask: np.ndarray, segmenter: Segmenter | EnsembleSegmenter, model: dict[str, Any],
+              options: PredictOptions, overlays: list[str], warnings: list[str]) -> dict[str, Any]:
     per_slice = mask.reshape(len(mask), -1).sum(axis=1)
     voxels = int(per_slice.sum())
     return {
         "input": [str(p) for p in scan.sources],
         "input_kind": scan.kind,
-        "model": {"path": str(Path(options.model).resolve()), "sha256": _sha256(Path(options.model)),
-                  "config": getattr(segmenter.model, "config", None), "image_size": segmenter.image_size},
+        "model": model,
         "device": str(segmenter.device),
         "tta": segmenter.tta,
         "threshold": segmenter.threshold,
@@ -155,11 +175,16 @@ def write_bids(options: PredictOptions, scan: Scan, mask: np.ndarray, segmenter:
     files = write_derivative(  # file names only: a folder can carry a hospital's or a patient's name
         options.bids, entities["sub"], mask, scan.affine, source_entities=entities,
         sources=[Path(p).name for p in scan.sources], header=scan.header, threshold=segmenter.threshold,
-        model={"path": Path(summary["model"]["path"]).name, "sha256": summary["model"]["sha256"],
+        model={"path": model_name(summary["model"]["path"]), "sha256": summary["model"]["sha256"],
                "config": summary["model"]["config"], "image_size": segmenter.image_size},
         extra={"LargestComponent": summary["largest_component"], "TTA": segmenter.tta, "InputKind": scan.kind},
         overwrite=options.overwrite)
     return files.mask
+
+
+def model_name(path: str) -> str:
+    """A model as a BIDS sidecar names it: a registry URI as it is, a file by its name (no folder)."""
+    return path if is_model_uri(path) else Path(path).name
 
 
 def _sha256(path: Path) -> str:
@@ -239,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
                f"(FLAIR with the\npredicted outline in red) and {SUMMARY_NAME} (tumour voxels, mL when the "
                "NIfTI has a real spacing,\nslices with tumour, input kind, model); prints a one-line "
                "summary. Exit status 2 on bad input.")
-    parser.add_argument("--model", type=Path, required=True, metavar="PATH",
-                        help="a checkpoint written by the train stage (e.g. models/best.pt)")
+    parser.add_argument("--model", required=True, metavar="PATH|URI",
+                        help="a checkpoint written by the train stage (e.g. models/best.pt), or a registered model: "
+                             "models:/lgg-unet@champion, models:/lgg-unet-cv@champion (the fold ensemble), "
+                             "models:/NAME/VERSION, runs:/RUN_ID/NAME, from MLFLOW_TRACKING_URI's store, else this "
+                             "checkout's mlflow.db")
     parser.add_argument(
         "--input", type=Path, nargs="+", required=True, metavar="PATH", dest="inputs",
         help="a patient folder in the Kaggle layout (<patient>_<n>.tif RGB slices, read in integer order "
