@@ -23,7 +23,8 @@ import yaml
 from conftest import merged
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ["flows", "tasks", "unet", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvc/plots"]
+COPIED = ["flows", "tasks", "unet", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
+          ".dvc/plots.html"]
 TINY = {
     "data": {"synthetic": {"n_patients": 6, "min_slices": 4, "max_slices": 6, "image_size": 32}},
     "prepare": {"image_size": 32, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
@@ -156,6 +157,19 @@ def test_whole_pipeline_ends_with_a_champion_a_new_process_can_use(repo, prefect
     again = dvc(repo, "repro", api=prefect_api)
     assert "Running stage" not in again.stdout
     assert "up to date" in dvc(repo, "status", api=prefect_api).stdout
+
+
+def test_dvc_plots_show_draws_offline(repo, prefect_api, tmp_path):
+    """The page `dvc plots show` writes loads nothing from the internet (hospital networks): the chart
+    libraries are inlined by the project's template (.dvc/plots.html, named in .dvc/config)."""
+    dvc(repo, "repro", "evaluate", api=prefect_api)
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"), api=prefect_api)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.findall(r"<(?:script|link|img)[^>]+(?:src|href)=[\"']?(?:https?:)?//", page)  # nothing fetched
+    for library in ("vega 5.20.2", "vega-lite 5.2.0", "vega-embed 6.18.2"):
+        assert f"<!-- {library}" in page, library
+    assert page.count("vegaEmbed(") >= 2  # the training curves and the per-patient bars
+    assert '"val_dsc"' in page and '"TCGA_' in page  # their data, inlined too
 
 
 def test_a_params_typo_stops_dvc_before_any_output_is_removed(repo, prefect_api):
