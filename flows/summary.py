@@ -32,7 +32,11 @@ def run(config: PipelineConfig) -> dict:
     print(project_server.describe(project_server.project_home(Path.cwd(), os.environ)))
     print(f"MLflow UI: make ui, then {experiment_link(config.mlflow)}")
     print(f"curves: dvc plots show, or offline {config.train.curve_path} and {config.evaluate.per_patient_figure}")
-    print(f"use it: mlflow.pyfunc.load_model('models:/{registry['model_name']}@champion').predict(slices)")
+    if registry.get("champion_version"):
+        print(f"use it: mlflow.pyfunc.load_model('models:/{registry['model_name']}@champion').predict(slices)")
+    else:
+        print(f"no champion to use yet; the newest: mlflow.pyfunc.load_model('models:/{registry['model_name']}"
+              "@challenger')")
     return registry
 
 
