@@ -88,6 +88,25 @@ def test_impossible_splits_say_what_would_work(n, config, message):
         split_patients(burden(n), config)
 
 
+@pytest.mark.parametrize(("n", "cv", "message"), [
+    (6, {"folds": 2, "val_fraction": 0.9}, r"cv\.val_fraction takes all 3 patients .* lower cv\.val_fraction"),
+    (3, {"folds": 5}, r"5 folds need at least 5 patients, there are 3; lower cv\.folds"),
+])
+def test_the_cross_validation_s_splits_name_its_own_keys(n, cv, message):
+    """cv's settings pass parsing (a fold's test part is its own: no test_fraction to add up with) and a
+    split they cannot make names the cv key the user wrote, not prepare.split's."""
+    import pandas as pd
+
+    from unet.config import parse_config
+    from unet.cv.folds import assignments
+
+    config = parse_config({"cv": cv})
+    manifest = pd.DataFrame({"patient": NAMES[:n], "has_tumour": [1] * n})
+    with pytest.raises(SplitError, match=message) as error:
+        assignments(manifest, config)
+    assert "prepare.split" not in str(error.value)
+
+
 def test_part_without_tumour_is_refused():
     load = {name: (1.0 if i == 0 else 0.0) for i, name in enumerate(NAMES[:10])}
     with pytest.raises(SplitError, match="holds no tumour slice"):

@@ -103,7 +103,7 @@ class SplitConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> SplitConfig:
-        if self.val_fraction + self.test_fraction >= 1.0:
+        if self.method == "random" and self.val_fraction + self.test_fraction >= 1.0:  # kfold: its fold is the test
             raise ValueError(
                 f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
                 "leaves no training patients: keep their sum below 1"

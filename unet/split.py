@@ -52,8 +52,10 @@ def _spread(names: list[str], count: int, rng: np.random.Generator) -> list[str]
     return [names[min(len(names) - 1, int(i * stride + rng.uniform(0, stride)))] for i in range(count)]
 
 
-def _take(names: list[str], fraction: float, rng: np.random.Generator, burden: dict[str, float]) -> tuple[list[str], list[str]]:
-    """Take ``round(fraction * n)`` patients (at least one when fraction > 0), stratified.
+def _take(names: list[str], fraction: float, rng: np.random.Generator, burden: dict[str, float],
+          key: str) -> tuple[list[str], list[str]]:
+    """Take ``round(fraction * n)`` patients (at least one when fraction > 0), stratified; ``key`` names
+    the fraction as the user wrote it.
 
     Patients with and without tumour are sampled separately in proportion, with at least one
     patient with tumour, so that every part has tumour slices to score.
@@ -62,7 +64,8 @@ def _take(names: list[str], fraction: float, rng: np.random.Generator, burden: d
         return [], names
     count = max(1, round(fraction * len(names)))
     if count >= len(names):
-        raise SplitError(f"a fraction of {fraction:g} of {len(names)} patients leaves none to train on")
+        raise SplitError(f"{key} takes all {len(names)} patients it draws from and leaves none to train on; "
+                         f"lower {key}")
     sick = [n for n in names if burden[n] > 0]
     healthy = [n for n in names if burden[n] <= 0]
     n_sick = min(len(sick), max(1, round(count * len(sick) / len(names)))) if sick else 0
@@ -74,10 +77,11 @@ def _take(names: list[str], fraction: float, rng: np.random.Generator, burden: d
     return [n for n in names if n in taken], [n for n in names if n not in taken]
 
 
-def split_patients(burden: dict[str, float], config: SplitConfig) -> dict[str, str]:
+def split_patients(burden: dict[str, float], config: SplitConfig, keys: str = "prepare.split") -> dict[str, str]:
     """Map each patient folder to ``train``, ``val`` or ``test``.
 
-    ``burden`` is each patient's tumour size (slices or pixels with tumour) used for stratification.
+    ``burden`` is each patient's tumour size (slices or pixels with tumour) used for stratification;
+    ``keys``: the params section the settings came from, which a message names (``cv`` for its folds).
     """
     rng = np.random.default_rng(config.seed)
     ordered = sorted(burden, key=lambda p: (burden[p], p))
@@ -88,26 +92,27 @@ def split_patients(burden: dict[str, float], config: SplitConfig) -> dict[str, s
         if len(ordered) < config.folds:
             raise SplitError(
                 f"{config.folds} folds need at least {config.folds} patients, there are {len(ordered)}; "
-                "lower prepare.split.folds"
+                f"lower {keys}.folds"
             )
         test = set(_deal(ordered, config.folds, rng)[config.fold])
-        val, _ = _take([p for p in ordered if p not in test], config.val_fraction, rng, burden)
+        val, _ = _take([p for p in ordered if p not in test], config.val_fraction, rng, burden, f"{keys}.val_fraction")
         assignment = {p: "test" if p in test else "val" if p in val else "train" for p in burden}
     else:
-        test, rest = _take(ordered, config.test_fraction, rng, burden)
-        val, _ = _take(rest, config.val_fraction / (1 - config.test_fraction), rng, burden)
+        test, rest = _take(ordered, config.test_fraction, rng, burden, f"{keys}.test_fraction")
+        val, _ = _take(rest, config.val_fraction / (1 - config.test_fraction), rng, burden, f"{keys}.val_fraction")
         assignment = {p: "test" if p in test else "val" if p in set(val) else "train" for p in burden}
-    _check_parts(assignment, burden)
+    _check_parts(assignment, burden, keys)
     return assignment
 
 
-def _check_parts(assignment: dict[str, str], burden: dict[str, float]) -> None:
+def _check_parts(assignment: dict[str, str], burden: dict[str, float], keys: str) -> None:
     for part in PARTS:
         members = [p for p, a in assignment.items() if a == part]
         if part == "train" and not members:
-            raise SplitError("no patient left for training; lower the val/test fractions")
+            raise SplitError(f"no patient left for training; lower {keys}.val_fraction"
+                             + ("" if keys == "cv" else f" or {keys}.test_fraction"))
         if members and not any(burden[p] > 0 for p in members):
             raise SplitError(
                 f"the {part} part ({len(members)} patients) holds no tumour slice; "
-                "use more patients or another prepare.split.seed"
+                f"use more patients or another {keys}.seed"
             )

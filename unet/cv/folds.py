@@ -26,7 +26,7 @@ def assignments(manifest: pd.DataFrame, config: PipelineConfig) -> list[dict[str
     """For each fold, patient -> train / val / test."""
     cv = config.cv
     return [split_patients(burden(manifest), SplitConfig(method="kfold", folds=cv.folds, fold=k,
-                                                          val_fraction=cv.val_fraction, seed=cv.seed))
+                                                          val_fraction=cv.val_fraction, seed=cv.seed), keys="cv")
             for k in range(cv.folds)]
 
 
