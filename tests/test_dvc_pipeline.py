@@ -172,6 +172,20 @@ def test_dvc_plots_show_draws_offline(repo, prefect_api, tmp_path):
     assert '"val_dsc"' in page and '"TCGA_' in page  # their data, inlined too
 
 
+def test_the_readme_s_dvc_exp_show_line_keeps_the_test_and_cv_figures(repo, prefect_api):
+    """DVC names a metric found in two files by its file (``metrics/eval.json:dsc_mean``): the README's
+    line must keep those columns, not drop them."""
+    import shlex
+
+    line = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("dvc exp show --"))
+    dvc(repo, "repro", api=prefect_api)
+    header = dvc(repo, *shlex.split(line)[1:], "--csv", api=prefect_api).stdout.splitlines()[0].split(",")
+    for column in ("Experiment", "best_val_dsc", "metrics/eval.json:dsc_mean", "metrics/eval.json:dsc_median",
+                   "metrics/cv.json:dsc_mean", "train.epochs", "train.lr", "prepare.image_size"):
+        assert column in header, (column, header)
+    assert len(header) <= 12, header  # readable: nothing else kept
+
+
 def test_a_params_typo_stops_dvc_before_any_output_is_removed(repo, prefect_api):
     """The check stage runs first when params.yaml changed: one line, and every stage's outputs stay."""
     dvc(repo, "repro", api=prefect_api)
