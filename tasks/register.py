@@ -4,7 +4,7 @@ Each run's model becomes a version of ``registry.model_name`` with the alias ``c
 alias ``champion`` moves to it only when it scores better (``unet.register.decision``). The score
 is kept as a tag of the version under its metric's own name (``val_dsc_mean``: per-volume
 validation DSC at the original 256x256 grid, from the evaluate stage), beside ``score_metric``
-naming it; the per-epoch curve ``val_dsc`` (at the network's grid) is another figure. Load the
+naming it; the per-epoch curve ``epoch_val_dsc`` (at the network's grid) is another figure. Load the
 champion with
 ``mlflow.pyfunc.load_model("models:/lgg-unet@champion")``.
 """

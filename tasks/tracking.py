@@ -160,7 +160,7 @@ def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int = 0, *, model
 
 DATASET_NAME = "lgg-prepared"
 CONTEXTS = {"train": "training", "val": "validation", "test": "test", "all": "cross-validation"}
-PART_PREFIXES = (("best_val_", "val"), ("val_", "val"), ("test_", "test"), ("cv_", "all"), ("train_", "train"),
+PART_PREFIXES = (("epoch_val_", "val"), ("best_val_", "val"), ("val_", "val"), ("test_", "test"), ("cv_", "all"), ("train_", "train"),
                  ("loss", "train"))
 
 

@@ -154,9 +154,21 @@ def description(config: PipelineConfig) -> str:
             "model is logged and, after evaluate, registered by the register stage")
 
 
+EPOCH_PREFIX = "epoch_"  # MLflow's name for the training's validation curve (the network's grid, each epoch)
+
+
+def mlflow_names(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The training's figures as the run shows them: its validation (``val_dsc``, ... at the network's grid,
+    ``best_val_dsc`` the shipped epoch's) as ``epoch_val_*``, so that ``val_*`` in a run is only the evaluate
+    stage's per-volume figures at the original grid, the headline the registry decides on, and a curve and
+    a headline never share a name (the history file and train.json keep the plain names)."""
+    renamed = {"best_val_dsc": f"{EPOCH_PREFIX}val_dsc_shipped"}
+    return {renamed.get(k, f"{EPOCH_PREFIX}{k}" if k.startswith("val_") else k): v for k, v in metrics.items()}
+
+
 def log_epoch(run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
-    """One epoch's loss, val_dsc, ... with ``step=epoch`` (called from the trainer's on_epoch)."""
-    log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+    """One epoch's loss, epoch_val_dsc, ... with ``step=epoch`` (called from the trainer's on_epoch)."""
+    log_metrics(run_id, mlflow_names({k: v for k, v in metrics.items() if k != "epoch"}), step=epoch)
 
 
 class EpochReporter:
@@ -259,10 +271,10 @@ def finish_run(run_id: str, config: PipelineConfig, summary: Mapping[str, Any], 
 def log_training_summary(run_id: str, config: PipelineConfig, summary: Mapping[str, Any],
                          model_id: str | None = None) -> None:
     """Best score and throughput, the device used, the augment picture and the train metric files;
-    the figures also on the logged model ``model_id``, ``best_val_dsc`` naming the validation data."""
+    the figures also on the logged model ``model_id``, ``epoch_val_dsc_shipped`` naming the validation data."""
     client = MlflowClient()
     # the summary's mean speed under its own name: ``images_per_s`` is the per-epoch curve
-    figures = {("mean_images_per_s" if k == "images_per_s" else k): v for k, v in summary.items()}
+    figures = mlflow_names({("mean_images_per_s" if k == "images_per_s" else k): v for k, v in summary.items()})
     log_metrics(run_id, figures, model_id=model_id, datasets=run_datasets(config))
     client.set_tag(run_id, "train.device_used", str(summary.get("device")))
     if Path(config.augment.preview).is_file():

@@ -260,8 +260,8 @@ def test_a_resumed_training_sends_the_epochs_an_outage_lost(monkeypatch, prefect
         return train_tasks.epoch_reporter(run_id, 4, resumed={"epoch": 4, "history": history})  # twice: no copies
 
     assert not resumed().pending
-    for key in ("loss", "val_dsc"):
-        steps = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    for key, logged in (("loss", "loss"), ("val_dsc", "epoch_val_dsc")):
+        steps = sorted((m.step, m.value) for m in client.get_metric_history(run_id, logged))
         assert steps == [(h["epoch"], h[key]) for h in history], key
 
 

@@ -111,7 +111,8 @@ def test_a_champion_must_meet_the_floor_and_have_no_failed_fold(score, champion,
 
 @pytest.mark.parametrize(("metrics", "expected"), [
     ({"val_dsc_mean": 0.8, "best_val_dsc": 0.9}, ("val_dsc_mean", 0.8)),
-    ({"best_val_dsc": 0.9, "loss": 0.1}, ("best_val_dsc", 0.9)),
+    ({"epoch_val_dsc_shipped": 0.9, "loss": 0.1}, ("epoch_val_dsc_shipped", 0.9)),
+    ({"best_val_dsc": 0.9, "loss": 0.1}, ("best_val_dsc", 0.9)),  # a run logged before the name changed
 ])
 def test_run_score_prefers_evaluate_over_train(metrics, expected):
     assert run_score(metrics) == expected
@@ -174,10 +175,13 @@ def test_train_and_evaluate_log_into_one_run(tracked):
     model = client().get_logged_model(record["model_id"])
     named = {m.key: m.dataset_name for m in model.metrics}
     assert named["test_dsc_mean"] == "lgg-prepared-test" and named["val_dsc_mean"] == "lgg-prepared-val"
-    assert named["best_val_dsc"] == "lgg-prepared-val" and named["mean_images_per_s"] is None
+    assert named["epoch_val_dsc_shipped"] == "lgg-prepared-val" and named["mean_images_per_s"] is None
     assert {m.dataset_digest for m in model.metrics if m.dataset_name} == {manifest_md5}
-    for name in ("loss", "val_dsc", "images_per_s"):  # per-epoch curves: no spurious step-0 point
+    for name in ("loss", "epoch_val_dsc", "epoch_val_dsc_median", "images_per_s"):  # per-epoch curves: no step-0 point
         assert [m.step for m in client().get_metric_history(run.info.run_id, name)] == [1, 2]
+    # one name, one figure: val_* is only the evaluate stage's (original grid), never mixed with the curve
+    assert [m.step for m in client().get_metric_history(run.info.run_id, "val_dsc_median")] == [0]
+    assert {k for k in run.data.metrics if "val_dsc" in k and not k.startswith(("val_", "epoch_val_"))} == set()
     assert run.data.metrics["mean_images_per_s"] > 0
     assert any(key.startswith("system/") for key in run.data.metrics)
     evaluation = json.loads((root / "metrics/eval.json").read_text())
@@ -204,7 +208,7 @@ def test_a_killed_training_resumed_goes_on_in_its_own_run(tracked, tmp_path):
     train.run(parse_config(params))
     record = json.loads((tmp_path / "metrics/mlflow_run.json").read_text())
     assert record["run_id"] == first and "model_uri" in record
-    assert [m.step for m in client().get_metric_history(first, "val_dsc")] == [1, 2]
+    assert [m.step for m in client().get_metric_history(first, "epoch_val_dsc")] == [1, 2]
     run = client().get_run(first)
     assert run.data.params["train.epochs"] == "1" and run.data.tags["resume.train.epochs"] == "2"
 
@@ -449,7 +453,8 @@ def test_the_bounded_server_takes_npy_and_json_and_refuses_what_it_must(tracked,
 
 
 @pytest.mark.parametrize(("key", "part"), [
-    ("val_dsc_mean", "val"), ("best_val_dsc", "val"), ("test_hd95_median", "test"), ("cv_dsc_mean", "all"),
+    ("val_dsc_mean", "val"), ("epoch_val_dsc", "val"), ("epoch_val_dsc_shipped", "val"), ("best_val_dsc", "val"),
+    ("test_hd95_median", "test"), ("cv_dsc_mean", "all"),
     ("train_rows", "train"), ("loss", "train"), ("mean_images_per_s", None), ("export_max_abs_diff", None),
 ])
 def test_each_metric_names_the_split_part_it_is_measured_on(key, part):

@@ -1,7 +1,8 @@
 """The register stage's rule: ``challenger`` is the newest model, ``champion`` the best so far.
 
 The score is ``val_dsc_mean`` that the evaluate stage logged into the run (per volume, at the
-original geometry), else the train stage's ``best_val_dsc``; the champion alias moves only to a
+original geometry), else the train stage's ``epoch_val_dsc_shipped`` (``best_val_dsc`` in runs logged
+before that name); the champion alias moves only to a
 model that scores strictly better and at least ``registry.champion_floor``. Plain functions: the MLflow calls are in ``tasks/register.py``.
 """
 
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 
 from unet.errors import MissingInputError
 
-SCORE_METRICS = ("val_dsc_mean", "best_val_dsc")  # evaluate's, else train's
+SCORE_METRICS = ("val_dsc_mean", "epoch_val_dsc_shipped", "best_val_dsc")  # evaluate's, else train's (old name)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
