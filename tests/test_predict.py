@@ -415,6 +415,43 @@ def test_overlays_carry_patient_slice_and_tumour_captions(tmp_path, models):
 
     scan = read_scan([folder])
     plain = overlay_image(scan.images[0], np.zeros(scan.images.shape[1:3], np.uint8))
-    assert picture.shape == (plain.shape[0] + 14, *plain.shape[1:]) and band.max() > 200 and (band == 0).mean() > 0.5  # white text on black
     text = caption(scan, 0, np.zeros((len(scan.slice_numbers), 2, 2), np.uint8))
+    from PIL import ImageDraw
+
+    from unet.predict.scan import caption_lines
+
+    lines = caption_lines(text, plain.shape[1] - 4, ImageDraw.Draw(Image.fromarray(plain)).textlength)
+    assert len(lines) >= 2  # the caption is wider than the slice: wrapped, not cut
+    assert picture.shape == (plain.shape[0] + 14 * len(lines), *plain.shape[1:]) and band.max() > 200 \
+        and (band == 0).mean() > 0.5  # white text on black
     assert folder.name in text and f"slice {scan.slice_numbers[0]} (file; 1 of" in text
+
+
+@pytest.mark.parametrize(("text", "width", "expected"), [
+    ("short  text", 100, ["short  text"]),
+    ("TCGA_CS_6188_20010812  slice 8 (file; 8 of 17)  tumour 512 px", 30,
+     ["TCGA_CS_6188_20010812", "slice 8 (file; 8 of 17)", "tumour 512 px"]),
+    ("TCGA_CS_6188_20010812  slice 8 (file; 8 of 17)  tumour 512 px", 20,
+     ["TCGA_CS_6188_20010812", "slice 8 (file; 8 of", "17)  tumour 512 px"]),  # a word wider stays whole
+    ("a  b  c", 4, ["a  b", "c"]),
+    ("", 10, []),
+])
+def test_a_caption_wraps_to_the_overlay_s_width(text, width, expected):
+    from unet.predict.scan import caption_lines
+
+    assert caption_lines(text, width, len) == expected  # one pixel a character, for the table
+
+
+def test_an_overlay_shows_its_whole_caption(tmp_path):
+    """A 256 px slice's caption (patient, slice, tumour) is wider than the slice: it wraps, nothing is cut."""
+    from PIL import ImageDraw
+
+    from unet.predict.scan import CAPTION_HEIGHT, write_overlay
+
+    text = "TCGA_CS_6188_20010812  slice 8 (file; 8 of 17)  tumour 4832 px"
+    path = write_overlay(tmp_path / "o.png", np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256), bool), text)
+    picture = Image.open(path)
+    measure = ImageDraw.Draw(picture).textlength
+    assert measure(text) > 256 and picture.size == (256, 256 + 2 * CAPTION_HEIGHT)  # two lines of caption
+    band = np.asarray(picture)[: 2 * CAPTION_HEIGHT]
+    assert band[:, -2:].max() == 0  # no text runs into the right edge

@@ -270,15 +270,44 @@ def caption(scan: Scan, k: int, mask: np.ndarray) -> str:
             f"tumour {int(mask[k].sum())} px")
 
 
+def caption_lines(text: str, width: int, measure) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels (``measure``: a line's width): its fields (parted by
+    two spaces) side by side where they fit, a field too long for a line broken at its words; a single
+    word wider than the line stays whole."""
+    pieces: list[str] = []
+    for field in text.split("  "):
+        line = ""
+        for word in field.split():
+            if line and measure(f"{line} {word}") > width:
+                pieces.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        pieces.append(line)
+    lines: list[str] = []
+    for piece in filter(None, pieces):
+        if lines and measure(f"{lines[-1]}  {piece}") <= width:
+            lines[-1] = f"{lines[-1]}  {piece}"
+        else:
+            lines.append(piece)
+    return lines
+
+
 def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray, text: str = "") -> Path:
-    """The overlay with ``text`` on a black band above it (PIL's own font: no font file needed)."""
+    """The overlay with ``text`` on a black band above it, wrapped to the picture's width (PIL's own
+    font: no font file needed)."""
     from PIL import ImageDraw
 
     picture = Image.fromarray(overlay_image(image, mask))
     if text:
-        framed = Image.new("RGB", (picture.width, picture.height + CAPTION_HEIGHT))
-        framed.paste(picture, (0, CAPTION_HEIGHT))
-        ImageDraw.Draw(framed).text((2, 1), text, fill=(255, 255, 255))
+        measure = ImageDraw.Draw(picture).textlength
+        lines = caption_lines(text, picture.width - 4, measure)
+        band = CAPTION_HEIGHT * len(lines)
+        framed = Image.new("RGB", (picture.width, picture.height + band))
+        framed.paste(picture, (0, band))
+        draw = ImageDraw.Draw(framed)
+        for row, line in enumerate(lines):
+            draw.text((2, 1 + row * CAPTION_HEIGHT), line, fill=(255, 255, 255))
         picture = framed
     picture.save(path, compress_level=1)
     return path
