@@ -277,6 +277,29 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     assert client().get_registered_model(MODEL).aliases == {"champion": 1, "challenger": 1}  # the trained weights
 
 
+def test_a_version_under_the_default_floor_is_never_champion(tracked):
+    """registry.champion_floor at its default (0.5 DSC): a model under it is registered as challenger only
+    ("no champion yet", said with why), and the first one over it becomes champion."""
+    from flows import register
+    from unet.config import RegistryConfig
+
+    root, config = tracked
+    floor = RegistryConfig().champion_floor
+    assert floor == 0.5
+
+    def with_default_floor(run_config):
+        registry = run_config.registry.model_copy(update={"model_name": "lgg-test-floor",
+                                                          "champion_floor": floor})
+        return run_config.model_copy(update={"registry": registry})
+
+    weak = register.run(with_default_floor(fake_run(root, config, "weak", 0.3)))
+    assert (weak["decision"], weak["aliases"], weak["champion_version"]) == ("below-floor", ["challenger"], None)
+    assert weak["why"] == "DSC 0.300 is under registry.champion_floor 0.5"
+    assert "champion" not in client().get_registered_model("lgg-test-floor").aliases
+    good = register.run(with_default_floor(fake_run(root, config, "good", 0.6)))
+    assert (good["decision"], good["aliases"]) == ("first", ["challenger", "champion"])
+
+
 def test_an_export_that_fails_moves_no_alias(tracked, tmp_path):
     """The export runs before the aliases: a version whose export fails is no champion, nor challenger."""
     from flows import register
