@@ -149,7 +149,7 @@ def main() -> None:
 
     from unet.config import ModelConfig, PipelineConfig, PrepareConfig, TrainConfig
     from unet.device import select_device
-    from unet.predict.segmenter import preprocess_metadata
+    from unet.preprocess import preprocess_metadata
     from unet.train.loader import DeviceBatches
     from unet.train.loop import fit, seed_everything
     from unet.train.stage import build_network, make_batches

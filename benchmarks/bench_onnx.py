@@ -36,7 +36,8 @@ from unet.export.export import INPUT_NAME, OUTPUT_NAME
 from unet.models.checkpoint import save_checkpoint
 from unet.models.unet import build_model
 from unet.predict.scan import read_scan
-from unet.predict.segmenter import CPU_BATCH, Segmenter, predict_prepared, predict_probabilities
+from unet.models.forward import predict_probabilities
+from unet.predict.segmenter import CPU_BATCH, Segmenter, predict_prepared
 
 
 def setup(root: Path, slices: int, size: int, features: int) -> tuple[Path, Path]:

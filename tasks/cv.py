@@ -12,9 +12,9 @@ from mlflow import MlflowClient
 
 from tasks import mlflow_model
 from tasks.common import stage_task
-from tasks.export import log_ensemble_card
+from tasks.cards import log_ensemble_card
 from tasks.postgres import without_password
-from tasks.register import move_aliases, register_version, weights_digest
+from tasks.registry import move_aliases, register_version, weights_digest
 from tasks.reports import cv_report, figures, publish
 from tasks.tracking import log_datasets, log_metrics, repo_root, run_datasets, tracking_uri, use_experiment
 from unet.config import PipelineConfig

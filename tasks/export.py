@@ -10,17 +10,15 @@ of the run with the check's figures as metrics:
     export_max_abs_diff, export_mask_agreement                    the worse of the two formats
     export_check_passed (1 or 0), export_check_slices
 
-``describe_version(model_name, version, card)`` makes the card the registry version's description.
+``tasks.cards.describe_version`` makes the card the registry version's description.
 ``card_inputs(config)`` and ``prepared_slices(config)`` gather what the two need from the stages'
 outputs. Everything names its run or version explicitly (no active run), as ``tasks.tracking`` does.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,10 @@ from typing import Any
 import numpy as np
 from mlflow import MlflowClient
 
+from tasks.cards import ARTIFACT_DIR, card_data
 from tasks.tracking import log_metrics
 from unet.config import PipelineConfig
-from unet.export.card import model_card, read_checkpoint_meta, read_metrics
-from unet.export.cv_card import ensemble_card
+from unet.cards.model import model_card, read_checkpoint_meta, read_metrics
 from unet.export.check import ExportCheck, check_export, check_prepared
 from unet.export.cli import CARD_NAME, CHECK_NAME, ONNX_NAME, TORCHSCRIPT_NAME
 from unet.export.graphs import export_onnx, export_torchscript
@@ -39,10 +37,6 @@ from unet.io.layout import load_patient_arrays, read_manifest
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_DIR = "export"
-# model_versions.description is VARCHAR(5000) in MLflow's SQL store: SQLite lets more through, MySQL and
-# PostgreSQL refuse it, so a longer card is cut at a line and points at the whole one in the run
-MAX_DESCRIPTION = 5000
 CHECK_SLICES = 32
 
 
@@ -72,7 +66,7 @@ def log_exports(run_id: str, checkpoint: Path, slices: np.ndarray, out_dir: Path
 
     ``slices``: preprocessed slices, (S, H, W, 3) as the prepare stage stores them (``prepared_slices``)
     or (S, 3, H, W); raw (S, H, W, 3) uint8 slices with ``preprocessed=False``. ``metrics``, ``cv``,
-    ``data``, ``split``: the card's inputs (``card_inputs``; ``unet.export.card.model_card``). A check
+    ``data``, ``split``: the card's inputs (``card_inputs``; ``unet.cards.model.model_card``). A check
     that fails is logged as such (``export_check_passed`` 0, tag ``export.passed`` false), not raised.
     Returns the local paths, the check (``ExportCheck.as_dict``), the card's markdown and the artifacts' URI.
     """
@@ -97,23 +91,6 @@ def log_exports(run_id: str, checkpoint: Path, slices: np.ndarray, out_dir: Path
             "check": check.as_dict(), "card": card, "artifact_uri": f"runs:/{run_id}/{ARTIFACT_DIR}"}
 
 
-def fit_description(card_markdown: str, limit: int = MAX_DESCRIPTION) -> str:
-    """The card as it fits a registry description: whole, or cut at a line with a pointer to the whole card."""
-    if len(card_markdown) <= limit:
-        return card_markdown
-    note = (f"\n\n_The card is cut here to fit the registry's {limit} characters; the whole card is "
-            f"`{ARTIFACT_DIR}/{CARD_NAME}` in this version's run._\n")
-    kept = card_markdown[: limit - len(note)]
-    return kept[: kept.rfind("\n") if "\n" in kept else len(kept)] + note
-
-
-def describe_version(model_name: str, version: str | int, card_markdown: str) -> str:
-    """Set the registered model version's description to the card (``fit_description``); returns it."""
-    description = fit_description(card_markdown)
-    MlflowClient().update_model_version(model_name, str(version), description=description)
-    return description
-
-
 # ---- the inputs, from the stages' outputs ---------------------------------------------------------
 
 
@@ -127,30 +104,6 @@ def card_inputs(config: PipelineConfig) -> dict[str, Any]:
         cv = {"dsc": [folds[k] for k in sorted(folds, key=int)]} if folds else None
     return {"metrics": metrics, "cv": cv, "data": card_data(config),
             "split": config.prepare.split.model_dump(mode="json")}
-
-
-def card_data(config: PipelineConfig) -> dict[str, Any]:
-    """What a card says of the training data: the source, and which synthetic set."""
-    synthetic = {"anatomy": config.data.synthetic.anatomy} if config.data.source == "synthetic" else {}
-    return {"source": config.data.source} | synthetic
-
-
-def log_ensemble_card(config: PipelineConfig, run_id: str, model_name: str, version: str, metrics: Mapping[str, Any],
-                      checkpoints: list[Path], rule_path: Path) -> str:
-    """The fold ensemble's card (``unet.export.cv_card``) in its run under ``export/`` and as the version's
-    description; returns the markdown."""
-    with config.cv.per_patient_path.open(newline="") as handle:
-        per_patient = list(csv.DictReader(handle))
-    rule = json.loads(rule_path.read_text()) if rule_path.is_file() else None
-    card = ensemble_card(fold_metas=[read_checkpoint_meta(path) for path in checkpoints], cv=metrics,
-                         per_patient=per_patient, data=card_data(config), rule=rule,
-                         threshold=config.evaluate.threshold, seed=config.cv.seed, name=model_name)
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / CARD_NAME
-        path.write_text(card)
-        MlflowClient().log_artifact(run_id, str(path), ARTIFACT_DIR)
-    describe_version(model_name, version, card)
-    return card
 
 
 def prepared_slices(config: PipelineConfig, part: str = "test", limit: int = CHECK_SLICES) -> np.ndarray:

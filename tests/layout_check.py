@@ -299,18 +299,19 @@ def import_probe(root: Path, modules: list[str], banned=BANNED_IN_UNET, timeout:
 
 
 def cross_imports(root: Path, start: list[str], forbidden: list[str],
-                  packages=("unet",)) -> list[tuple[Edge, list[str]]]:
+                  packages=("unet",), unfollowed: frozenset[str] = frozenset()) -> list[tuple[Edge, list[str]]]:
     """Where the closure of ``start`` crosses into a ``forbidden`` folder: each explicit import of a
     file there by a file outside, with the chain from a start file to that importer.
 
     The closure is not followed past forbidden files, so each crossing is reported where it happens.
     A parent ``__init__.py`` loaded only on the way to a submodule is not listed: the submodule is.
+    ``unfollowed`` files are reached but their imports are not (code a stage copies, not runs).
     """
     def bad(file: str) -> bool:
         return any(under(file, folder) for folder in forbidden)
 
-    reached = closure(root, start, packages, stop=bad)
-    crossings = {edge for file in reached if not bad(file)
+    reached = closure(root, start, packages, stop=lambda file: bad(file) or file in unfollowed)
+    crossings = {edge for file in reached if not bad(file) and file not in unfollowed
                  for edge in file_edges(root, file, packages) if edge.explicit and bad(edge.target)}
     return [(edge, chain(reached, edge.importer))
             for edge in sorted(crossings, key=lambda e: (e.importer, e.lineno, e.target))]

@@ -27,7 +27,8 @@ from unet.config import ModelConfig, PipelineConfig, PrepareConfig, TrainConfig
 from unet.device import autocast
 from unet.models.checkpoint import load_checkpoint
 from unet.models.unet import build_model
-from unet.predict.segmenter import CPU_BATCH, DEVICE_BATCH, predict_probabilities
+from unet.models.forward import DEVICE_BATCH, predict_probabilities
+from unet.predict.segmenter import CPU_BATCH
 from unet.train.data import SliceArrays, sampling_weights, to_device
 from unet.train.loader import CpuBatches, DeviceBatches
 from unet.train.losses import CombinedLoss

@@ -20,6 +20,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from test_export import phantom, save_model  # noqa: E402
+from tasks import cards  # noqa: E402
 from tasks import export as export_tasks  # noqa: E402
 from unet.preprocess import preprocess_volume  # noqa: E402
 
@@ -81,17 +82,17 @@ def test_exports_and_card_are_logged_beside_the_model_and_in_the_registry(store,
 
     store.create_registered_model(MODEL)
     version = store.create_model_version(MODEL, f"{run.info.artifact_uri}/export", run_id=run_id).version
-    assert export_tasks.describe_version(MODEL, version, result["card"]) == result["card"]
+    assert cards.describe_version(MODEL, version, result["card"]) == result["card"]
     assert store.get_model_version(MODEL, version).description == card
 
 
 def test_a_long_card_is_cut_at_a_line_and_points_at_the_whole_one():
     card = "# Model card\n" + "".join(f"- line {n} of the card\n" for n in range(600))
-    description = export_tasks.fit_description(card)
-    assert len(description) <= export_tasks.MAX_DESCRIPTION < len(card)
+    description = cards.fit_description(card)
+    assert len(description) <= cards.MAX_DESCRIPTION < len(card)
     kept, note = description.split("\n\n_The card is cut here")
     assert card.startswith(kept + "\n") and "export/MODEL_CARD.md" in note
-    assert export_tasks.fit_description("short") == "short"
+    assert cards.fit_description("short") == "short"
 
 
 def test_card_inputs_and_prepared_slices_read_the_stages_outputs(tmp_path):
@@ -110,7 +111,7 @@ def test_card_inputs_and_prepared_slices_read_the_stages_outputs(tmp_path):
     config.cv.metrics_path.write_text(json.dumps({"fold_dsc_mean": {"0": 0.8, "2": 0.7, "1": 0.9}}))
     inputs = export_tasks.card_inputs(config)
     assert inputs["metrics"]["per_volume"] == [{"patient": "B", "split": "test", "dsc": "0.9"}]
-    assert inputs["cv"] == {"dsc": [0.8, 0.9, 0.7]} and inputs["data"] == {"source": "synthetic"}
+    assert inputs["cv"] == {"dsc": [0.8, 0.9, 0.7]} and inputs["data"] == {"source": "synthetic", "anatomy": "mni152"}
     assert inputs["split"]["method"] == "random"
 
     images = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float16)

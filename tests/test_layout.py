@@ -214,6 +214,38 @@ def test_prediction_path_sits_below_training(start):
            "(unet/io, unet/models, unet/predict, unet/*.py).")
 
 
+# -- B3b. what a stage must not reach: a code change there would rerun it for nothing ------------------
+
+# models-from-code files: the train and cv stages copy them into the logged model, where MLflow runs them
+# when the model is loaded; the stage itself never imports them (what they import is the served model's)
+MODEL_CODE = frozenset({"tasks/pyfunc_model.py", "tasks/pyfunc_ensemble.py"})
+MUST_NOT_REACH = {
+    "train": ["unet/predict", "unet/export", "unet/cards", "unet/evaluate"],
+    "cv": ["unet/export", "unet/predict/dicom.py", "unet/predict/scan.py", "unet/predict/cli.py"],
+    "evaluate": ["unet/export", "unet/predict/dicom.py"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(MUST_NOT_REACH))
+def test_a_stage_does_not_reach_code_it_does_not_run(stage):
+    files = lc.command_files(REPO, DVC["stages"][stage]["cmd"])
+    report(crossing_lines(lc.cross_imports(REPO, files, MUST_NOT_REACH[stage], packages=lc.PACKAGES,
+                                           unfollowed=MODEL_CODE)),
+           f"the {stage} stage reaches {', '.join(MUST_NOT_REACH[stage])}: editing those would rerun it:",
+           "Fix: move what it needs down (unet/models, unet/io, unet/preprocess.py, unet/cards) or split the "
+           "module it comes through.")
+
+
+def test_planted_reach_is_caught(tmp_path):
+    for name, text in {"unet/__init__.py": "", "unet/a.py": "import unet.b\nimport unet.copied\n",
+                       "unet/b.py": "from unet.far import x\n", "unet/copied.py": "import unet.far\n",
+                       "unet/far.py": "x = 1\n"}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    crossings = lc.cross_imports(tmp_path, ["unet/a.py"], ["unet/far.py"], unfollowed=frozenset({"unet/copied.py"}))
+    assert [(e.importer, e.target) for e, _ in crossings] == [("unet/b.py", "unet/far.py")]
+
+
 # -- B4. size limits ------------------------------------------------------------------------------
 
 def test_flows_are_thin():

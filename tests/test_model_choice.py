@@ -94,7 +94,7 @@ def test_the_ensemble_rule_is_decided_on_every_out_of_fold_patient(tmp_path):
 
 
 def test_the_model_card_says_the_rule_and_its_margin():
-    from unet.export.card import _postprocess_text
+    from unet.cards.model import _postprocess_text
 
     kept = _postprocess_text({"largest_component": True, "val_dsc_largest_component": 0.80,
                               "val_dsc_no_postprocess": 0.805, "val_volumes": 2, "margin": 0.01})

@@ -40,11 +40,15 @@ Where we still differ from the reference:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from skimage.transform import resize
 
 from unet.io.kaggle import CHANNELS, FLAIR
+
+if TYPE_CHECKING:
+    from unet.config import PrepareConfig
 
 
 
@@ -232,3 +236,9 @@ def channels_present(image: np.ndarray) -> tuple[bool, bool, bool]:
     return tuple(  # type: ignore[return-value]
         c == FLAIR or not np.array_equal(image[..., c], flair) for c in range(len(CHANNELS))
     )
+
+
+def preprocess_metadata(config: PrepareConfig) -> dict[str, Any]:
+    """What inference needs to preprocess new volumes the way the training data was."""
+    return {"image_size": config.image_size, "crop_threshold": config.crop_threshold,
+            "clip_percentiles": list(config.clip_percentiles), "statistics": "reference"}

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from unet.config import PipelineConfig
 from unet.errors import UserError
-from unet.export.card import fmt, read_checkpoint_meta, read_metrics, sci, write_model_card
+from unet.cards.model import CARD_NAME, fmt, read_checkpoint_meta, read_metrics, sci, write_model_card
 from unet.export.check import MAX_PROBABILITY_DIFF, MIN_MASK_AGREEMENT, ExportCheck, check_export
 from unet.export.graphs import export_onnx, export_torchscript
 
-ONNX_NAME, TORCHSCRIPT_NAME, CARD_NAME, CHECK_NAME = "model.onnx", "model.torchscript.pt", "MODEL_CARD.md", "export_check.json"
+ONNX_NAME, TORCHSCRIPT_NAME, CHECK_NAME = "model.onnx", "model.torchscript.pt", "export_check.json"
 
 
 def build_parser(defaults: PipelineConfig | None = None) -> argparse.ArgumentParser:

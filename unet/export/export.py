@@ -6,7 +6,7 @@ One import place for the pieces, each in its own module:
   ``export_onnx`` and ``export_torchscript``, and the contract each file carries (its module doc);
 * ``unet.export.check``: ``check_export`` (raw slices) and ``check_prepared`` (preprocessed ones),
   eager PyTorch against TorchScript and onnxruntime, as an ``ExportCheck``;
-* ``unet.export.card``: ``model_card`` (markdown) and ``write_model_card``, with ``read_checkpoint_meta``
+* ``unet.cards.model``: ``model_card`` (markdown) and ``write_model_card``, with ``read_checkpoint_meta``
   and ``read_metrics`` for their inputs;
 * ``unet.export.cli``: ``lgg-export`` (``main``, the console script's entry point here).
 
@@ -16,7 +16,7 @@ One import place for the pieces, each in its own module:
 
 from __future__ import annotations
 
-from unet.export.card import dsc_spread, model_card, read_checkpoint_meta, read_metrics, write_model_card
+from unet.cards.model import dsc_spread, model_card, read_checkpoint_meta, read_metrics, write_model_card
 from unet.export.check import (
     MAX_PROBABILITY_DIFF,
     MIN_MASK_AGREEMENT,

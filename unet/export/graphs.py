@@ -23,7 +23,6 @@ Mapping the probabilities back to the scan's grid and thresholding stay outside 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import warnings
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from unet.errors import EnvironmentMismatch, InputError
+from unet.io.digest import file_sha256
 from unet.models.checkpoint import load_checkpoint, model_from_checkpoint
 from unet.models.forward import same_size_logits
 from unet.models.probability import probabilities
@@ -66,14 +66,6 @@ class Loaded:
     metadata: dict[str, Any]
     image_size: int
     sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_for_export(checkpoint: Path, image_size: int | None = None) -> Loaded:

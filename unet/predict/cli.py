@@ -15,7 +15,6 @@ status 2 and one line naming the file.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import torch
 
 from unet.device import DEVICES, select_device
 from unet.io.atomic import staging_dir
+from unet.io.digest import file_sha256
 from unet.errors import EnvironmentMismatch, InputError, UserError
 from unet.metrics import most_tumour_slices
 from unet.predict.scan import Scan, caption, read_scan, write_mask, write_overlay
@@ -98,7 +98,7 @@ def load_segmenter(options: PredictOptions, scratch: Path) -> tuple[Segmenter | 
     else:  # the cv stage's fold ensemble
         segmenter = EnsembleSegmenter.from_checkpoints(checkpoints, device=device, tta=options.tta,
                                                        threshold=options.threshold, largest_component=rule)
-    digests = [_sha256(c) for c in checkpoints]
+    digests = [file_sha256(c) for c in checkpoints]
     return segmenter, {"path": path, "sha256": digests[0] if len(digests) == 1 else digests,
                        "config": getattr(segmenter.model, "config", None), "image_size": segmenter.image_size}
 
@@ -185,14 +185,6 @@ def write_bids(options: PredictOptions, scan: Scan, mask: np.ndarray, segmenter:
 def model_name(path: str) -> str:
     """A model as a BIDS sidecar names it: a registry URI as it is, a file by its name (no folder)."""
     return path if is_model_uri(path) else Path(path).name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def earlier_outputs(output: Path) -> list[Path]:

@@ -19,40 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from unet.config import PrepareConfig
-from unet.device import autocast
 from unet.errors import InputError
 from unet.metrics import postprocess
 from unet.models.checkpoint import load_checkpoint, model_from_checkpoint
-from unet.models.forward import same_size_logits
-from unet.models.probability import foreground_probability
-from unet.preprocess import Geometry, preprocess_volume, to_original
+from unet.models.forward import DEVICE_BATCH, predict_probabilities
+from unet.preprocess import Geometry, preprocess_metadata, preprocess_volume, to_original
 
 # Small batches in channels_last run the reference net 1.8x faster on a 2-core CPU than batches
 # of 32 in NCHW (bf16 autocast either way; benchmarks/bench_predict.py): the activations stay in cache.
 CPU_BATCH = 2
-DEVICE_BATCH = 32
-
-
-def preprocess_metadata(config: PrepareConfig) -> dict[str, Any]:
-    """What inference needs to preprocess new volumes the way the training data was."""
-    return {"image_size": config.image_size, "crop_threshold": config.crop_threshold,
-            "clip_percentiles": list(config.clip_percentiles), "statistics": "reference"}
-
-
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, *,
-                          batch_size: int = DEVICE_BATCH, amp: bool = True) -> np.ndarray:
-    """Foreground probabilities (N, H, W) for (N, 3, H, W) preprocessed slices."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]), device=device).float()
-        chunk = chunk.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = same_size_logits(model, chunk).float()
-        out.append(foreground_probability(logits).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,) + tuple(images.shape[-2:]), np.float32)
 
 
 def predict_prepared(model: nn.Module, images: np.ndarray, device: torch.device, *, tta: bool = False,

@@ -32,7 +32,7 @@ from unet.train.data import SliceArrays, volumes
 from unet.train.losses import CombinedLoss
 from unet.metrics import dice, postprocess
 from unet.units import scale_px
-from unet.predict.segmenter import predict_probabilities
+from unet.models.forward import predict_probabilities
 from unet.threads import ThreadGovernor
 from unet.transforms.batch import AugmentParams, augment_batch, fill_missing_sequences, jitter_intensity
 

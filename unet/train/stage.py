@@ -22,7 +22,7 @@ from unet.io.atomic import atomic_file
 from unet.io.layout import read_manifest
 from unet.models.checkpoint import load_checkpoint
 from unet.models.unet import build_model
-from unet.predict.segmenter import preprocess_metadata
+from unet.preprocess import preprocess_metadata
 from unet.train import distributed
 from unet.train.data import SliceArrays, StageDirs, load_split
 from unet.train.loader import CpuBatches, DeviceBatches, steps_per_epoch

@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from unet.export.card import (_INTENDED_USE, _cv_section, _limits, _metric_rows, _postprocess_text,
+from unet.cards.model import (_INTENDED_USE, _cv_section, _limits, _metric_rows, _postprocess_text,
                               _preprocessing_section, _source_text, _title, _count, dsc_spread, fmt, synthetic_set)
 
 

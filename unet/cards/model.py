@@ -19,9 +19,10 @@ import numpy as np
 
 from unet.config import PipelineConfig
 from unet.errors import InputError
-from unet.export.graphs import file_sha256
+from unet.io.digest import file_sha256
 from unet.models.checkpoint import load_checkpoint
 
+CARD_NAME = "MODEL_CARD.md"  # a card's file name, beside the exports and in a run's export/ folder
 _DEFAULTS = PipelineConfig()  # where the stages write by default, for the card's hints
 
 _INTENDED_USE = [
