@@ -5,9 +5,9 @@
 Two servers, each in a process of its own on 127.0.0.1, serving the full-size reference net
 (32 features, untrained: speed does not depend on the weights) at 256 px:
 
-* ``unbounded``: the previous ``tasks.serving`` -- the body read whole, parsed and predicted on the
+* ``unbounded``: the previous ``tasks.serving`` (now ``unet.serve.app``) -- the body read whole, parsed and predicted on the
   event loop, no bound across requests (kept here as the baseline);
-* ``bounded``: ``tasks.serving.create_app`` as ``flows.serve`` runs it (defaults: 64 MB a body, 4
+* ``bounded``: ``unet.serve.app.create_app`` as ``flows.serve`` runs it (defaults: 64 MB a body, 4
   bodies held at once, one prediction running and 4 waiting).
 
 For each: the time of one ``--slices``-slice prediction and how long ``/ping`` took while it ran
@@ -46,7 +46,7 @@ def unbounded_app(model):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from tasks.serving import _parse
+    from unet.serve.app import _parse
 
     async def invocations(request):
         body = await request.body()
@@ -77,7 +77,7 @@ class SegmenterModel:
 def serve(variant: str, checkpoint: Path, port: int) -> None:
     import uvicorn
 
-    from tasks.serving import create_app
+    from unet.serve.app import create_app
 
     model = SegmenterModel(checkpoint)
     app = unbounded_app(model) if variant == "unbounded" else create_app(model)

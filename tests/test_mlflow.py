@@ -455,7 +455,7 @@ def test_the_bounded_server_takes_npy_and_json_and_refuses_what_it_must(tracked,
     import mlflow
     from starlette.testclient import TestClient
 
-    from tasks.serving import NPY, create_app
+    from unet.serve.app import NPY, create_app
 
     slices, expected = patient
     client_ = TestClient(create_app(mlflow.pyfunc.load_model(f"models:/{MODEL}@champion"), max_bytes=1_000_000),

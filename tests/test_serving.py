@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from tasks.serving import NPY, create_app
+from unet.serve.app import NPY, create_app
 
 SLICES = np.full((2, 8, 8, 3), 200, np.uint8)
 
@@ -173,3 +173,50 @@ def test_a_rebound_host_name_gets_400(serve):
     assert post(url, npy(SLICES), host="rebound.attacker.example")[0] == 400
     assert post(url, npy(SLICES), host=url.removeprefix("http://").replace("127.0.0.1", "localhost"))[0] == 200
     assert model.calls == 1
+
+
+LGG_SERVE = __import__("pathlib").Path(__import__("sys").executable).with_name("lgg-serve")
+
+
+def test_lgg_serve_serves_a_checkpoint_from_any_folder(tmp_path):
+    """The console script in a fresh process outside the checkout: the mask its Segmenter gives, over a
+    .npy body and JSON; input that is not raw slices is 400; a model that is not one is one line, exit 2."""
+    import subprocess
+    import time
+
+    from test_predict import box_volume, save_model
+    from unet.predict.segmenter import Segmenter
+
+    checkpoint = save_model(tmp_path / "best.pt", seed=3)
+    slices = box_volume()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    process = subprocess.Popen([str(LGG_SERVE), "--model", str(checkpoint), "--port", str(port)], cwd=elsewhere,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                if get(f"{url}/ping", timeout=2) == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "lgg-serve did not answer /ping within 120 s"
+                time.sleep(0.3)
+        expected = Segmenter.from_checkpoint(checkpoint).segment(slices)
+        status, answer, _ = post(url, npy(slices))
+        assert status == 200 and np.array_equal(np.asarray(answer["predictions"], np.uint8), expected)
+        status, answer, _ = post(url, json.dumps({"inputs": slices.tolist()}).encode(), "application/json")
+        assert status == 200 and np.array_equal(np.asarray(answer["predictions"], np.uint8), expected)
+        status, answer, _ = post(url, npy(np.full((2, 8, 8, 3), 0.5, np.float32)))
+        assert status == 400 and "slices" in answer["message"], answer
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    refused = subprocess.run([str(LGG_SERVE), "--model", str(tmp_path / "nothing.pt")], cwd=elsewhere,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "nothing.pt" in refused.stderr

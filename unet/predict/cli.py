@@ -31,12 +31,12 @@ import torch
 
 from unet.device import DEVICES, select_device
 from unet.io.atomic import staging_dir
-from unet.io.digest import file_sha256
 from unet.errors import EnvironmentMismatch, InputError, UserError
 from unet.metrics import most_tumour_slices
 from unet.predict.scan import Scan, caption, read_scan, write_mask, write_overlay
 from unet.predict.ensemble import EnsembleSegmenter
-from unet.predict.registry import fetch, is_model_uri
+from unet.predict.models import load_model
+from unet.predict.registry import is_model_uri
 from unet.predict.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
@@ -83,24 +83,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_segmenter(options: PredictOptions, scratch: Path) -> tuple[Segmenter | EnsembleSegmenter, dict[str, Any]]:
-    """The model (a checkpoint, or a registered model downloaded into ``scratch``) as a segmenter
-    (channels_last, CPU-sized batches: see ``Segmenter.from_checkpoint``), and what ``summary.json``
-    says of it: where it came from, the checkpoints' SHA-256, its config and input size."""
-    device = resolve_device(options.device)
-    if not is_model_uri(options.model):
-        checkpoints, path, rule = [Path(options.model)], str(Path(options.model).resolve()), None
-    else:
-        registered = fetch(str(options.model), scratch)
-        checkpoints, path, rule = registered.checkpoints, registered.uri, registered.largest_component
-    if len(checkpoints) == 1 and rule is None:
-        segmenter = Segmenter.from_checkpoint(checkpoints[0], device=device, tta=options.tta,
-                                              threshold=options.threshold)
-    else:  # the cv stage's fold ensemble
-        segmenter = EnsembleSegmenter.from_checkpoints(checkpoints, device=device, tta=options.tta,
-                                                       threshold=options.threshold, largest_component=rule)
-    digests = [file_sha256(c) for c in checkpoints]
-    return segmenter, {"path": path, "sha256": digests[0] if len(digests) == 1 else digests,
-                       "config": getattr(segmenter.model, "config", None), "image_size": segmenter.image_size}
+    """``options.model`` as a segmenter, and what ``summary.json`` says of it (``unet.predict.models``)."""
+    return load_model(options.model, scratch, device=resolve_device(options.device), tta=options.tta,
+                      threshold=options.threshold)
 
 
 def predict(options: PredictOptions) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Serving a registered model with bounded requests and a compact body (``python -m flows.serve``).
+"""Serving a model with bounded requests and a compact body (``lgg-serve``, ``python -m flows.serve``).
 
 ``mlflow models serve`` takes JSON only and no bound on the body: a 20-slice patient is ~12 MB of
 JSON text and 5-6 s of parsing, and a 192 MB body was read whole. This server answers the same
@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from unet.errors import InputError
 from unet.predict.segmenter import as_slices
 
 NPY = "application/x-npy"
@@ -124,8 +125,8 @@ def create_app(model, max_bytes: int = DEFAULT_MAX_BYTES, *, max_total_bytes: in
             del body
             try:
                 mask = await anyio.to_thread.run_sync(model.predict, slices, limiter=predicting)
-            except Exception as exc:  # MLflow's schema check and the model's own refusal: the caller's input
-                if type(exc).__name__ != "MlflowException":
+            except Exception as exc:  # the model's refusal of the caller's input (a pyfunc's as MlflowException)
+                if not isinstance(exc, InputError) and type(exc).__name__ != "MlflowException":
                     raise
                 return _error(400, str(exc))
         if NPY in request.headers.get("accept", ""):
