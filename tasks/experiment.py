@@ -31,8 +31,20 @@ RAN = re.compile(r"Running stage '([^']+)'")
 REUSED = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
 EXPERIMENT = re.compile(r"Ran experiment\(s\): (\S+)")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-# a stage's own Prefect console stamp ("20:34:04.671 | INFO    | "): the pipeline's logger stamps again
+# a stage's own Prefect console stamp ("20:34:04.671 | INFO    | ") and its source ("Flow run 'calm-fox' - ",
+# "Task run 'fold-0' - ", "unet.cv.stage - "): the pipeline's logger stamps and names its own, so a stage's
+# line is said once, after the stage's name
 STAMP = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ +\| ")
+SOURCE = re.compile(r"^(?:(?:Flow|Task) run '[^']+'|[A-Za-z_][\w.]*) - ")
+
+
+def relayed(line: str, stage: str | None) -> str:
+    """A line of DVC's output as the pipeline's log says it: one stamp (the pipeline's), the stage's name
+    for the stage's own run or logger name."""
+    line = STAMP.sub("", line.rstrip())
+    if stage and SOURCE.match(line):
+        return SOURCE.sub(f"{stage}: ", line, count=1)
+    return line
 
 
 class PipelineFailed(UserError, RuntimeError):
@@ -121,8 +133,8 @@ def run_dvc(command: list[str], cwd: Path, log: Callable[[str], None]) -> DvcRes
     result = DvcResult(returncode=-1)
     with subprocess.Popen(command, cwd=cwd, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as process:
-        for line in process.stdout:
-            line = STAMP.sub("", line.rstrip())
+        for raw in process.stdout:
+            line = relayed(raw, result.ran[-1] if result.ran else None)
             if not line:
                 continue
             log(line)

@@ -451,10 +451,20 @@ def test_reports_read_like_reports_without_python_reprs():
 
 
 def test_a_stages_lines_are_stamped_once_in_the_pipeline_log(tmp_path):
-    script = "print('20:34:04.671 | INFO    | Flow run \\'x\\' - Finished in state Completed()')"
+    """The pipeline's logger stamps and names each line itself: a stage's line keeps neither its own stamp
+    nor its own run's (or logger's) name, only the stage's."""
+    stage_lines = ["20:34:04.671 | INFO    | Flow run 'x' - Finished in state Completed()",
+                   "Running stage 'cv':",
+                   "20:34:05.001 | INFO    | Task run 'fold-0' - fold 0, epoch 3: loss 0.9724",
+                   "20:34:06.002 | WARNING | unet.cv.stage - cross-validation: 1 patient(s) missed",
+                   "> python -m flows cv", "ERROR: failed to reproduce 'cv': a - b"]
+    script = "\n".join(f"print({line!r})" for line in stage_lines)
     lines = []
     experiment.run_dvc([sys.executable, "-c", script], tmp_path, lines.append)
-    assert lines == ["Flow run 'x' - Finished in state Completed()"]
+    assert lines == ["Flow run 'x' - Finished in state Completed()",  # before any stage: as it came
+                     "Running stage 'cv':", "cv: fold 0, epoch 3: loss 0.9724",
+                     "cv: cross-validation: 1 patient(s) missed", "> python -m flows cv",
+                     "ERROR: failed to reproduce 'cv': a - b"]
 
 
 def test_a_temp_experiment_reports_its_own_scores_not_the_workspaces(tmp_path):
