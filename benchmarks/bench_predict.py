@@ -118,7 +118,7 @@ def main() -> None:
 
         stages: dict[str, float] = {}
         stages["read TIFFs"], scan = best_of(r, lambda: read_scan([folder]))
-        stages["load checkpoint"], seg = best_of(r, lambda: load_segmenter(options))
+        stages["load checkpoint"], (seg, described) = best_of(r, lambda: load_segmenter(options, root))
         stages["preprocess"], (prepared, geometry) = best_of(r, lambda: seg.prepare(scan.images))
         stages["network"], probs = best_of(
             r, lambda: predict_prepared(seg.model, prepared, seg.device, batch_size=seg.batch_size))
@@ -126,7 +126,7 @@ def main() -> None:
         stages["threshold + largest component"], mask = best_of(r, lambda: postprocess(np.clip(full, 0, 1)))
         shown = most_tumour_slices(mask, count=N_OVERLAYS)
         overlays = {f"overlays/slice_{scan.slice_numbers[k]:03d}.png": k for k in shown}
-        summ = summarise(scan, mask, seg, options, list(overlays), [])
+        summ = summarise(scan, mask, seg, described, options, list(overlays), [])
         stages[f"write NIfTI + {len(overlays)} overlays + summary"], _ = best_of(
             r, lambda: write_outputs(fresh(), scan, mask, summ, overlays))
         every = {f"overlays/slice_{n:03d}.png": k for k, n in enumerate(scan.slice_numbers)}

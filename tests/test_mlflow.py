@@ -124,10 +124,12 @@ def test_run_score_without_scores_says_what_to_run():
 
 
 def test_the_printed_mlflow_link_opens_the_experiments_runs_in_the_model_training_view(tmp_path):
+    from mlflow import MlflowClient
+
     config = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="lgg-link")
     environ = {"MLFLOW_PORT": "5123"}
     assert tracking.experiment_link(config, environ) == "http://127.0.0.1:5123"  # no experiment yet: the UI's home
-    experiment_id = tracking.use_experiment(config, environ)
+    experiment_id = MlflowClient(config.tracking_uri).create_experiment("lgg-link")  # this process's MLflow untouched
     assert tracking.experiment_link(config, environ) == \
         f"http://127.0.0.1:5123/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     served = MlflowConfig(tracking_uri="http://mlflow.example:5555/", experiment="lgg-link")

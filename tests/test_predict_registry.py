@@ -25,7 +25,7 @@ LGG_PREDICT = Path(sys.executable).with_name("lgg-predict")
 
 
 def register(name: str, log) -> None:
-    """A run in the session's store, the model ``log(run_id)`` logs in it, registered as ``name``@champion."""
+    """A run in the current store, the model ``log(run_id)`` logs in it, registered as ``name``@champion."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name("lgg-predict-registry") or client.get_experiment(
         client.create_experiment("lgg-predict-registry"))
@@ -42,9 +42,24 @@ def register(name: str, log) -> None:
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory) -> dict:
-    from tasks import mlflow_model
+    """Two registered models in a store of their own, which this process and the commands it starts
+    (through MLFLOW_TRACKING_URI) both use, whatever an earlier test left MLflow pointing at."""
+    import mlflow
 
     root = tmp_path_factory.mktemp("registered")
+    store, before = f"sqlite:///{root}/mlflow.db", mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store)
+        mlflow.set_tracking_uri(store)
+        try:
+            yield register_models(root)
+        finally:
+            mlflow.set_tracking_uri(before)
+
+
+def register_models(root: Path) -> dict:
+    from tasks import mlflow_model
+
     single = save_model(root / "best.pt", seed=1)
     folds = [save_model(root / f"fold-{k}" / "best.pt", seed=10 + k) for k in range(2)]  # one name, two folders
     rule = root / "ensemble.json"
