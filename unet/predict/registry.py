@@ -37,10 +37,6 @@ class RegisteredModel:
     checkpoints: list[Path]
     largest_component: bool | None = None  # an ensemble's rule (ensemble.json); a checkpoint carries its own
 
-    @property
-    def is_ensemble(self) -> bool:
-        return len(self.checkpoints) > 1 or self.largest_component is not None
-
 
 def is_model_uri(text: str | os.PathLike) -> bool:
     return bool(MODEL_URI.match(str(text)))
