@@ -6,10 +6,10 @@
 
 The scan goes through ``unet.predict.segmenter.Segmenter`` (the checkpoint's own preprocessing, the
 network, the way back to the input's grid, threshold and largest 3-D component), or the fold models'
-``EnsembleSegmenter`` (a registered ``lgg-unet-cv``; ``unet.predict.registry`` fetches registered models). DIR receives
-``mask.nii.gz``, ``overlays/slice_<n>.png`` and ``summary.json``, all written in a staging folder
-beside DIR and moved in at the end, so a failed run leaves DIR as it was. Bad input exits with
-status 2 and one line naming the file.
+``EnsembleSegmenter`` (a registered ``lgg-unet-cv``; ``unet.predict.models`` loads either, a checkpoint
+or a registered model). DIR receives ``mask.nii.gz``, ``overlays/slice_<n>.png`` and ``summary.json``,
+all written in a staging folder beside DIR and moved in at the end, so a failed run leaves DIR as it
+was. Bad input exits with status 2 and one line naming the file.
 """
 
 from __future__ import annotations
