@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,13 +14,23 @@ from unet.config import PipelineConfig
 from unet.io.layout import read_summary
 
 
+def read_speed(run_path: Path) -> float | None:
+    """The last training's images/s in this workspace (its run record; none after a fresh checkout)."""
+    try:
+        return json.loads(run_path.read_text()).get("images_per_s")
+    except (OSError, ValueError):
+        return None
+
+
 def run(config: PipelineConfig) -> dict:
     evaluation = read_summary(config.evaluate.metrics_path, "evaluate")
     registry = read_summary(config.registry.record_path, "register")
     train = read_summary(config.train.metrics_path, "train")
+    speed = read_speed(config.train.run_path)
     print(f"\nvalidation DSC {train['best_val_dsc']:.3f} (epoch {train['best_epoch']} of {train['epochs']} ships, "
           f"{train.get('selected', 'best')}); trained on {train['device']} in {train.get('precision', '?')} with "
-          f"{train.get('kernels', '?')} kernels, threads {train.get('threads', '?')}, {train['images_per_s']:.0f} images/s")
+          f"{train.get('kernels', '?')} kernels, threads {train.get('threads', '?')}"
+          + (f", {speed:.0f} images/s" if speed else ""))
     print(f"{evaluation['split']} split, {evaluation['n_volumes']} patients, at the original geometry: per-volume DSC "
           f"mean {evaluation['dsc_mean']:.3f}, median {evaluation['dsc_median']:.3f}; "
           f"global Dice {evaluation['global_dice']:.3f}")

@@ -131,8 +131,9 @@ def train_report(history: Sequence[Mapping], summary: Mapping) -> str:
     rows = []
     for h in history:
         epoch = f"**{h['epoch']}**" if h["epoch"] == best else h["epoch"]
+        speed = h.get("images_per_s")  # none for the epochs trained before a resume
         rows.append((epoch, float(h["loss"]), float(h["val_dsc"]), float(h.get("val_dsc_median", float("nan"))),
-                     float(h.get("images_per_s", float("nan")))))
+                     "-" if speed is None else float(speed)))
     head = (f"# train: best validation DSC {summary['best_val_dsc']:.4f} at epoch {best} "
             f"of {summary['epochs']}\n\n")
     facts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()

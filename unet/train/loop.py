@@ -169,6 +169,14 @@ def validate(model: nn.Module, arrays: SliceArrays, device: torch.device, *, thr
 
 
 BEST_KEYS = ("model", "model_config", "train_config", "metadata", "epoch", "best_score")
+# how fast an epoch ran: the machine's and its load's, not the training's. Logged (MLflow, the run's
+# report), never kept in the history, the checkpoints or train.json: what DVC and git keep is
+# what the data, code and params decide, the same bytes on a rerun.
+TIMING = ("images_per_s", "epoch_seconds")
+
+
+def without_timing(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
 def _restore(net: nn.Module, optimizer, scheduler, generator: torch.Generator, resume_state: dict[str, Any],
@@ -224,6 +232,24 @@ def _save(net: nn.Module, optimizer, scheduler, config: TrainConfig, state: dict
         save_checkpoint(config.best_path, {k: checkpoint[k] for k in BEST_KEYS})
 
 
+def _record_epoch(state: dict[str, Any], epoch: int, metrics: dict[str, float], config: TrainConfig) -> bool:
+    """The epoch into ``state`` (its history without timing); whether it ships (``train.select``: the
+    last epoch, the schedule's end as in nnU-Net, or the best on validation)."""
+    score = shipped_score(metrics, config.postprocess_margin)
+    ship = config.select == "last" or score > state["best_score"]
+    if ship:
+        state.update(best_score=score, best_epoch=epoch)
+    state["epoch"] = epoch
+    state["history"].append({"epoch": epoch, **without_timing(metrics)})
+    return ship
+
+
+def augment_params(config: TrainConfig, size: int) -> AugmentParams:
+    """The online augmentation at ``size`` px (the elastic sigma is given at 256 px)."""
+    return AugmentParams(scale=config.augment.scale, rotate_deg=config.augment.rotate_deg,
+                         flip_p=config.augment.flip_p, elastic_sigma=scale_px(config.augment.elastic_sigma, size))
+
+
 def fit(
     model: nn.Module,
     batches: Iterable,
@@ -237,23 +263,22 @@ def fit(
     threshold: float = 0.5,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train for ``config.epochs`` epochs (continuing ``resume_state``); returns the final state.
+    """Train for ``config.epochs`` epochs (continuing ``resume_state``); returns the final state, with
+    the mean ``images_per_s`` of the epochs this call trained.
 
-    Every epoch writes ``config.checkpoint_path``, and ``config.best_path`` when the epoch ships
-    (``train.select``: every epoch for ``last``, an improvement for ``best``), with its post-processing
-    rule decided on the validation volumes (``postprocess_decision``; main process only). ``metadata`` (e.g. the preprocessing a model expects) goes into
-    every checkpoint as is.
+    Every epoch writes ``config.checkpoint_path``, and ``config.best_path`` when it ships (``train.select``:
+    every epoch for ``last``, an improvement for ``best``), with its post-processing rule decided on the
+    validation volumes (main process only); ``metadata`` (the preprocessing expected) goes in as is.
     """
     net = unwrap(model)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     loss_fn = CombinedLoss(dice_weight=config.dice_weight, ce_weight=config.ce_weight)
-    size = val_arrays.images.shape[-1]
-    augment = AugmentParams(scale=config.augment.scale, rotate_deg=config.augment.rotate_deg,
-                            flip_p=config.augment.flip_p, elastic_sigma=scale_px(config.augment.elastic_sigma, size))
+    augment = augment_params(config, val_arrays.images.shape[-1])
     generator = torch.Generator().manual_seed(config.seed + 1)  # augmentations draw on the CPU, any device
     threads = ThreadGovernor(config.threads) if device.type == "cpu" else None
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "history": []}
+    speeds: list[float] = []
     if resume_state is not None:
         state.update(_restore(net, optimizer, scheduler, generator, resume_state, config.seed))
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -265,13 +290,8 @@ def fit(
         )
         metrics.update(validate(net, val_arrays, device, threshold=threshold, amp=config.amp))
         _step_scheduler(scheduler, metrics["val_dsc"])
-        # train.select: the last epoch ships (the schedule's end, as nnU-Net), or the best on validation
-        score = shipped_score(metrics, config.postprocess_margin)
-        ship = config.select == "last" or score > state["best_score"]
-        if ship:
-            state.update(best_score=score, best_epoch=epoch)
-        state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, **metrics})
+        ship = _record_epoch(state, epoch, metrics, config)
+        speeds.append(metrics["images_per_s"])
         if is_main:
             _save(net, optimizer, scheduler, config, state,
                   {**(metadata or {}), "postprocess": postprocess_decision(metrics, config.postprocess_margin)}, ship)
@@ -282,6 +302,9 @@ def fit(
             break
     if threads is not None:
         state["threads"] = threads.describe()
+    # per process, this call's epochs (none when a resume had nothing left to train); after the
+    # last checkpoint, so no checkpoint holds it
+    state["images_per_s"] = sum(speeds) / len(speeds) if speeds else None
     return state
 
 

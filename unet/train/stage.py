@@ -26,7 +26,7 @@ from unet.preprocess import preprocess_metadata
 from unet.train import distributed
 from unet.train.data import SliceArrays, StageDirs, load_split
 from unet.train.loader import CpuBatches, DeviceBatches, steps_per_epoch
-from unet.train.loop import check_resumable, fit, seed_everything, write_history
+from unet.train.loop import check_resumable, fit, seed_everything, without_timing, write_history
 from unet.train.plots import training_curve
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -88,9 +88,9 @@ def make_batches(arrays: SliceArrays, config: PipelineConfig, device: torch.devi
 
 def summarise(state: dict[str, Any], train_rows: int, device: torch.device, world: int, amp: bool,
               selected: str = "best") -> dict[str, Any]:
-    """``train.json``: the epoch that ships (``selected``: the best on validation, or the last) and its
-    validation DSC at the network's grid, speed, where it ran and how: the precision, the CPU kernels
-    (``AVX512``, ``AVX2``) and threads."""
+    """The epoch that ships (``selected``: the best on validation, or the last) and its validation DSC
+    at the network's grid, where it ran and how: the precision, the CPU kernels (``AVX512``, ``AVX2``)
+    and threads; and the speed (``images_per_s``), which ``train.json`` leaves out (``loop.TIMING``)."""
     history = state["history"]
     return {"best_val_dsc": state["best_score"], "best_epoch": state["best_epoch"], "epochs": state["epoch"],
             "train_rows": train_rows, "val_volumes": history[-1]["val_volumes"], "device": device.type,
@@ -98,13 +98,13 @@ def summarise(state: dict[str, Any], train_rows: int, device: torch.device, worl
             "kernels": cpu_kernels() if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": state.get("threads", "-"),
             # per process; all processes together train world_size times as many
-            "images_per_s": sum(h["images_per_s"] for h in history) / len(history)}
+            "images_per_s": state.get("images_per_s")}
 
 
 def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
           load_data: Callable[[PipelineConfig], tuple[SliceArrays, SliceArrays]] = load_training_data,
           state: dict[str, Any] | None | Unset = UNSET) -> dict:
-    """Everything the stage does; returns the summary that rank 0 writes to ``train.json``.
+    """Everything the stage does; returns the summary that rank 0 writes to ``train.json`` (less its speed).
 
     ``state``: the checkpoint to continue, as ``resume_state`` gave it (the flow checks it first);
     by default this function reads it itself (torchrun's other ranks).
@@ -119,7 +119,7 @@ def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
     history = list(state["history"]) if state else []
 
     def report(epoch: int, metrics: dict) -> None:
-        history.append({"epoch": epoch, **metrics})
+        history.append({"epoch": epoch, **without_timing(metrics)})
         write_history(history, cfg.history_path)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
@@ -133,7 +133,7 @@ def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
     summary = summarise(final, len(train_arrays), device, world, cfg.amp, cfg.select)
     if rank == 0:
         with atomic_file(cfg.metrics_path, "w") as handle:
-            json.dump(summary, handle, indent=2)
+            json.dump(without_timing(summary), handle, indent=2)
         training_curve(pd.DataFrame(final["history"]), cfg.curve_path, best_epoch=summary["best_epoch"])
     distributed.teardown()
     return summary
