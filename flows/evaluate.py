@@ -7,7 +7,7 @@ import sys
 
 from flows.common import stage_flow, stage_main
 from tasks import evaluate as evaluate_tasks
-from tasks.tracking import train_record
+from tasks.trained import train_record
 from unet.config import PipelineConfig
 from unet.evaluate import stage
 

@@ -21,31 +21,32 @@ from mlflow import MlflowClient
 from tasks import cards
 from tasks import export as export_tasks
 from tasks.common import stage_task
-from tasks.registry import move_aliases, register_version, weights_digest
+from tasks.registry import move_aliases, register_version
 from tasks.reports import publish, registry_report
-from tasks.tracking import run_link, train_record
+from tasks.tracking import run_link
+from tasks.trained import WEIGHTS_TAG, train_record
 from unet.config import PipelineConfig
-from unet.errors import MissingInputError
+from unet.models.checkpoint import weights_digest
 from unet.io.atomic import atomic_file
 from unet.register.decision import run_score
 
 def register(config: PipelineConfig) -> dict[str, Any]:
-    """The train run's model into the registry; the outcome into ``registry.json``."""
+    """The train run's model into the registry; the outcome into ``registry.json`` (less the run id,
+    which differs on every run: MLflow holds it, the report links it)."""
     name = config.registry.model_name
     record = train_record(config)
-    if "model_uri" not in record:
-        raise MissingInputError(f"{config.train.run_path}: the train run logged no model (it did not finish); "
-                                "retrain (dvc repro train)")
     score_metric, score = run_score(MlflowClient().get_run(record["run_id"]).data.metrics)
-    version = register_version(name, record["run_id"], record["model_uri"], score_metric, score,
-                               weights_digest([config.train.best_path]))
+    weights = weights_digest([config.train.best_path])
+    version = register_version(name, record["run_id"], record["model_uri"], score_metric, score, weights)
     exported = export_and_describe(config, record, version) if config.registry.export else None  # may fail:
     result = {"model_name": name, "version": int(version), "run_id": record["run_id"], "score_metric": score_metric,
               "score": score, **move_aliases(name, version, score, config.registry.champion_floor)}  # then no alias
     if exported is not None:
         result["export"] = exported
     with atomic_file(config.registry.record_path, "w") as handle:
-        json.dump(result, handle, indent=2)
+        json.dump({k: v for k, v in result.items() if k != "run_id"}, handle, indent=2)
+    with atomic_file(config.registry.receipt_path, "w") as handle:
+        json.dump({"model_name": name, "version": int(version), WEIGHTS_TAG: weights}, handle, indent=2)
     return result
 
 

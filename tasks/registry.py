@@ -3,36 +3,16 @@ the same weights), its score under its metric's name, and the aliases (``unet.re
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 
 from tasks.common import stage_task
-from unet.models.checkpoint import load_checkpoint
+from tasks.trained import WEIGHTS_TAG
 from unet.register.decision import CHALLENGER, CHAMPION, decide, run_score
 
 LEGACY_SCORE_TAG = "val_dsc"  # versions registered before the tag carried the metric's name
-
-
-WEIGHTS_TAG = "weights_sha256"  # a version's weights: a rerun that trained the same ones registers no new version
-
-
-def weights_digest(checkpoints: list[Path], rules: list[Path] = ()) -> str:
-    """SHA-256 of the checkpoints' tensors, key by key (not of the files, whose metadata may differ),
-    and of the files in ``rules`` that change what the model answers (an ensemble's post-processing)."""
-    digest = hashlib.sha256()
-    for path in checkpoints:
-        state = load_checkpoint(path)["model"]
-        for key in sorted(state):
-            digest.update(key.encode())
-            digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-    for path in rules:
-        if Path(path).is_file():
-            digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
 
 
 @stage_task(name="register-version")

@@ -7,8 +7,9 @@ so runs never land in a temporary copy that is deleted afterwards.
 
 MLflow's active run is per thread and Prefect may run tasks in worker threads, so everything here
 logs through ``MlflowClient`` with the run id passed in. The train stage opens its run
-(``tasks.train.train_run``) and writes the id to ``config.train.run_path`` (``mlflow_run.json``),
-which the evaluate and register stages read with ``train_record``.
+(``tasks.train.train_run``) and, once the model is logged, tags it with the weights' digest: the
+evaluate and register stages find the run of the checkpoint they are given by that tag
+(``tasks.trained``), so no run id sits in a file that DVC or git keeps.
 
 Datasets: the prepared data is logged as one MLflow dataset a split part (``lgg-prepared-train``,
 ``-val``, ``-test``; ``-all`` for the cross-validation), each digested by DVC's hash of the
@@ -37,7 +38,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 
 from unet.config import MlflowConfig, PipelineConfig, PrepareConfig
-from unet.errors import EnvironmentMismatch, InputError, MissingInputError
+from unet.errors import EnvironmentMismatch, InputError
 from unet.io.atomic import atomic_file
 from unet.io.layout import read_manifest
 
@@ -113,28 +114,6 @@ def use_experiment(config: MlflowConfig, environ: Mapping[str, str] = os.environ
 def write_run_file(path: Path, record: dict[str, Any]) -> None:
     with atomic_file(path, "w") as handle:
         json.dump(record, handle, indent=2)
-
-
-def read_run_file(path: Path) -> dict[str, Any]:
-    """The train stage's run record (run_id, model_uri, ...); a clear error when there is none or its
-    run is not in the store MLflow points at."""
-    if not Path(path).is_file():
-        raise MissingInputError(f"{path}: no MLflow run recorded; run the train stage first (dvc repro train)")
-    record = json.loads(Path(path).read_text())
-    try:
-        MlflowClient().get_run(record["run_id"])
-    except MlflowException:
-        raise InputError(
-            f"{path} names MLflow run {record['run_id']}, which {mlflow.get_tracking_uri()} does not hold: set "
-            "MLFLOW_TRACKING_URI to the store the train stage used, or retrain (dvc repro -f train)"
-        ) from None
-    return record
-
-
-def train_record(config: PipelineConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The train stage's run record, with MLflow pointed at the store that holds the run."""
-    use_store(config.mlflow, environ)
-    return read_run_file(config.train.run_path)
 
 
 def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:

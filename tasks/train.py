@@ -28,6 +28,7 @@ from tasks.common import stage_task
 from tasks.reports import figure, publish, train_report
 from tasks.tracking import log_datasets, log_metrics, prepared_data_hash, repo_root, run_datasets, run_link, \
     split_datasets, use_experiment, write_run_file
+from tasks.trained import tag_trained_weights
 from unet.config import PipelineConfig
 from unet.errors import UserError
 from unet.io.layout import read_manifest
@@ -96,8 +97,9 @@ def train_run(config: PipelineConfig, *, resume: bool = False,
               environ: Mapping[str, str] = os.environ) -> Iterator[str]:
     """Open the train stage's run (system metrics on) and log params, tags and the dataset; yield its id.
 
-    The run id is written to ``mlflow_run.json`` at once, so a training resumed after a kill
-    (``resume``: a checkpoint is continued) goes on in the same run. The run starts and ends in the
+    The run id is written to ``mlflow_run.json`` (beside the checkpoints, kept by neither DVC nor git)
+    at once, so a training resumed after a kill (``resume``: a checkpoint is continued) goes on in the
+    same run. The run starts and ends in the
     calling thread, as MLflow's active run requires.
     """
     manifest = read_manifest(config.prepare.manifest_path)  # a clear error before any run is opened
@@ -184,6 +186,7 @@ class EpochReporter:
 
         self.run_id, self.epochs = run_id, epochs
         self.pending: list[tuple[int, dict]] = []
+        self.speeds: dict[int, float] = {}  # images/s an epoch of this process (no file keeps them)
         self.logger = get_run_logger()
         # the run's progress bar in the Prefect UI while the training runs
         self.progress = create_progress_artifact(0.0, key="lgg-train-progress", description="epochs done")
@@ -194,6 +197,7 @@ class EpochReporter:
         self.logger.info("epoch %d/%d: loss %.4f, val DSC %.4f (median %.4f), %.1f img/s", epoch, self.epochs,
                          metrics["loss"], metrics["val_dsc"], metrics["val_dsc_median"], metrics["images_per_s"])
         update_progress_artifact(self.progress, 100.0 * epoch / self.epochs)
+        self.speeds[epoch] = metrics["images_per_s"]
         self.pending.append((epoch, dict(metrics)))
         self.flush()
 
@@ -254,6 +258,8 @@ def finish_run(run_id: str, config: PipelineConfig, summary: Mapping[str, Any], 
             raise MlflowException(f"{len(reporter.pending)} epoch(s) could not be sent")
         model = log_trained_model(run_id, config)  # first: the summary then goes onto it with its datasets
         log_training_summary(run_id, config, summary, model["model_id"])
+        tag_trained_weights(run_id, config.train.best_path, model)  # last: evaluate and register find it so
+        write_run_file(config.train.run_path, {**model, "images_per_s": summary.get("images_per_s")})
         return model["model_uri"]
     except (MlflowException, OSError) as exc:
         if store_answers():
@@ -289,7 +295,7 @@ def log_trained_model(run_id: str, config: PipelineConfig) -> dict[str, Any]:
     """``best.pt`` as the run's pyfunc model, with 4 raw slices as its input example; returns the run
     record with its ``model_id`` and ``model_uri``.
 
-    The URI is added to ``mlflow_run.json`` for the register stage.
+    The model is added to ``mlflow_run.json``; evaluate and register find it by the run's tags.
     """
     manifest = read_manifest(config.prepare.manifest_path)
     name = f"{config.model.variant}-unet-{run_id[:8]}"  # the logged model's name: variant and run
@@ -299,10 +305,12 @@ def log_trained_model(run_id: str, config: PipelineConfig) -> dict[str, Any]:
     return record
 
 
-def publish_report(config: PipelineConfig, summary: Mapping[str, Any], run_id: str) -> None:
+def publish_report(config: PipelineConfig, summary: Mapping[str, Any], run_id: str,
+                   speeds: Mapping[int, float] | None = None) -> None:
     """The training curve as a Prefect artifact (the history file includes epochs from before a resume),
-    with a link to the MLflow run."""
-    history = pd.read_csv(config.train.history_path).to_dict("records")
+    with the ``speeds`` of the epochs this process trained and a link to the MLflow run."""
+    history = [{**h, "images_per_s": (speeds or {}).get(h["epoch"])}
+               for h in pd.read_csv(config.train.history_path).to_dict("records")]
     run = MlflowClient().get_run(run_id)
     report = (train_report(history, summary) + figure(config.train.curve_path, "Loss and validation DSC by epoch")
               + f"\nMLflow run: {run_link(run.info.experiment_id, run_id)}\n")

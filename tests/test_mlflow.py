@@ -28,9 +28,10 @@ import yaml
 from conftest import make_raw_tree, tiny_stage_params
 from unet.register.decision import decide, run_score
 from tasks import evaluate as evaluate_tasks
-from tasks import tracking
+from tasks import tracking, trained
 from tasks import train as train_tasks
 from unet.config import MlflowConfig, parse_config
+from unet.models.checkpoint import weights_digest
 
 MODEL = "lgg-unet-test"
 
@@ -136,6 +137,47 @@ def test_the_printed_mlflow_link_opens_the_experiments_runs_in_the_model_trainin
     assert tracking.ui_base(served.tracking_uri, environ) == "http://mlflow.example:5555"
 
 
+def test_the_printed_link_shows_the_runs_in_a_browser(tmp_path):
+    """The summary's link, opened in headless Chromium against a real ``mlflow server`` (as ``make ui``
+    starts it): the experiment's runs table, with the run in it. The experiment's bare page opens the
+    GenAI view, where the run is not listed: why the link names ``workflowType=machine_learning``."""
+    from mlflow import MlflowClient
+
+    from browser import rendered
+
+    store = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="lgg-link")
+    client = MlflowClient(store.tracking_uri)
+    experiment_id = client.create_experiment(store.experiment, tags=tracking.EXPERIMENT_TAGS,
+                                             artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(experiment_id, run_name="reference-32px-probe")
+    client.log_metric(run.info.run_id, "val_dsc_mean", 0.5)
+    client.set_terminated(run.info.run_id)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", store.tracking_uri, "--artifacts-destination", str(tmp_path / "a")],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "server.log").open("w"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.5)
+        link = tracking.experiment_link(store, {"MLFLOW_PORT": str(port)})
+        assert "workflowType=machine_learning" in link
+        assert "reference-32px-probe" in rendered(link)
+        assert "reference-32px-probe" not in rendered(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 @pytest.mark.parametrize(("nfiles", "source"), [(2, "dvc.lock"), (3, "manifest.parquet")])
 def test_data_hash_from_dvc_lock_only_while_it_matches_the_folder(tmp_path, nfiles, source):
     prepared = tmp_path / "data/prepared"
@@ -151,10 +193,12 @@ def test_data_hash_from_dvc_lock_only_while_it_matches_the_folder(tmp_path, nfil
 
 def test_train_and_evaluate_log_into_one_run(tracked):
     root, config = tracked
-    record = json.loads((root / "metrics/mlflow_run.json").read_text())
-    runs = client().search_runs([record["experiment_id"]])
-    assert [r.info.run_id for r in runs] == [record["run_id"]]
+    record = json.loads(config.train.run_path.read_text())
+    runs = client().search_runs([client().get_experiment_by_name(config.mlflow.experiment).experiment_id])
+    assert [r.info.run_id for r in runs] == [trained.train_record(config)["run_id"]]  # found by its weights
     run = runs[0]
+    assert run.data.tags[trained.WEIGHTS_TAG] == weights_digest([config.train.best_path])
+    assert (run.data.tags["model_id"], run.data.tags["model_uri"]) == (record["model_id"], record["model_uri"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.001" and run.data.params["model.features"] == "4"
     assert run.data.params["data.path"] == "null" and run.data.params["prepare.clip_percentiles"] == "[10.0, 99.0]"
@@ -204,11 +248,11 @@ def test_a_killed_training_resumed_goes_on_in_its_own_run(tracked, tmp_path):
     params = params_for(root)
     params["train"].update(epochs=1, out_dir=str(tmp_path / "models"), metrics_dir=str(tmp_path / "metrics"))
     train.run(parse_config(params))
-    first = json.loads((tmp_path / "metrics/mlflow_run.json").read_text())["run_id"]
+    first = json.loads((tmp_path / "models/mlflow_run.json").read_text())["run_id"]
     client().update_run(first, status="RUNNING")  # as a SIGKILL leaves it: the run never finished
     params["train"].update(epochs=2, resume=True)
     train.run(parse_config(params))
-    record = json.loads((tmp_path / "metrics/mlflow_run.json").read_text())
+    record = json.loads((tmp_path / "models/mlflow_run.json").read_text())
     assert record["run_id"] == first and "model_uri" in record
     assert [m.step for m in client().get_metric_history(first, "epoch_val_dsc")] == [1, 2]
     run = client().get_run(first)
@@ -234,8 +278,8 @@ def fake_run(root: Path, config, name: str, score: float, same_weights: bool = F
     checkpoint = save_checkpoint(root / name / "models/best.pt", state)
     slices = np.stack([np.zeros((32, 32, 3), np.uint8)] * 2)
     info = mlflow_model.log_model(run_id, checkpoint, slices)
-    metrics_dir = root / name
-    tracking.write_run_file(metrics_dir / config.train.run_path.name, {"run_id": run_id, "model_uri": info.model_uri})
+    trained.tag_trained_weights(run_id, checkpoint, {"model_id": info.model_id, "model_uri": info.model_uri})
+    client().set_terminated(run_id)
     params = params_for(root, metrics_dir=name)
     params["train"]["out_dir"] = str(root / name / "models")
     return parse_config(params)
@@ -245,7 +289,7 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     from flows import register
 
     root, config = tracked
-    first = json.loads((root / "metrics/registry.json").read_text())
+    first = {**json.loads((root / "metrics/registry.json").read_text()), "run_id": trained.train_record(config)["run_id"]}
     assert (first["version"], first["decision"], first["aliases"]) == (1, "first", ["challenger", "champion"])
     assert first["score_metric"] == "val_dsc_mean"
     score = first["score"]
@@ -257,7 +301,7 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     tags = client().get_model_version(MODEL, "1").tags  # the figure decided on, under its own name
     assert float(tags["val_dsc_mean"]) == score and tags["score_metric"] == "val_dsc_mean"
     assert "val_dsc" not in tags  # that name is the per-epoch curve at the network's grid
-    model_id = json.loads((root / "metrics/mlflow_run.json").read_text())["model_id"]
+    model_id = trained.train_record(config)["model_id"]
     shown = {m.key: m.value for m in client().get_logged_model(model_id).metrics}
     assert shown["val_dsc_mean"] == pytest.approx(score) and "test_dsc_mean" in shown
 
@@ -268,15 +312,17 @@ def test_register_keeps_the_champion_unless_a_version_scores_better(tracked):
     better_config = fake_run(root, config, "better", score + 0.1)
     better = register.run(better_config)
     assert (better["version"], better["decision"], better["aliases"]) == (3, "promoted", ["challenger", "champion"])
-    assert json.loads((root / "better/registry.json").read_text()) == better
+    assert json.loads((root / "better/registry.json").read_text()) == {k: v for k, v in better.items() if k != "run_id"}
     again = register.run(better_config)  # the same run again: no new version
     assert (again["version"], again["decision"]) == (3, "unchanged")
     aliases = client().get_registered_model(MODEL).aliases
     assert aliases == {"champion": 3, "challenger": 3}
     rerun = register.run(fake_run(root, config, "rerun", score + 0.2, same_weights=True))  # a rerun, same weights
-    assert (rerun["version"], rerun["decision"]) == (1, "promoted")  # version 1 again, not a copy of it as 4
-    assert len(client().search_model_versions(f"name = '{MODEL}'")) == 3
-    assert client().get_registered_model(MODEL).aliases == {"champion": 1, "challenger": 1}  # the trained weights
+    # the first run that trained these weights is the one scored and registered: version 1 again, not a copy
+    # as 4, with its own score (the rerun's 0.2 more goes nowhere), so the better version 3 stays champion
+    assert (rerun["version"], rerun["run_id"], rerun["score"]) == (1, first["run_id"], pytest.approx(score))
+    assert rerun["decision"] == "kept" and len(client().search_model_versions(f"name = '{MODEL}'")) == 3
+    assert client().get_registered_model(MODEL).aliases == {"champion": 3, "challenger": 1}
 
 
 def test_a_version_under_the_default_floor_is_never_champion(tracked):

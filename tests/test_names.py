@@ -27,7 +27,7 @@ OUTPUTS = {
     "prepare": [CONFIG.prepare.out_dir],
     "weightmaps": [CONFIG.weightmap.out_dir, CONFIG.weightmap.figure],
     "augment": [CONFIG.augment.out_dir, CONFIG.augment.preview],
-    "train": [CONFIG.train.checkpoint_path, CONFIG.train.best_path, CONFIG.train.run_path,
+    "train": [CONFIG.train.checkpoint_path, CONFIG.train.best_path,  # not run_path: a fact of the run, DVC's neither
               CONFIG.train.metrics_path, CONFIG.train.history_path, CONFIG.train.curve_path],
     "evaluate": [CONFIG.evaluate.predictions_dir, CONFIG.evaluate.overlays_dir, CONFIG.evaluate.metrics_path,
                  CONFIG.evaluate.per_patient_path, CONFIG.evaluate.per_patient_figure],
@@ -35,7 +35,7 @@ OUTPUTS = {
     "cv": [CONFIG.cv.out_dir, CONFIG.cv.metrics_path, CONFIG.cv.per_patient_path],
     "radiogenomics": [CONFIG.radiogenomics.metrics_path, CONFIG.radiogenomics.features_path,
                       CONFIG.radiogenomics.figure],
-    "register": [CONFIG.registry.record_path],
+    "register": [CONFIG.registry.record_path, CONFIG.registry.receipt_path],
 }
 NAMES = sorted({path.name for paths in OUTPUTS.values() for path in paths if path.suffix}
                | {CONFIG.prepare.manifest_path.name, CONFIG.prepare.summary_path.name,

@@ -238,8 +238,8 @@ class TrainConfig(_Section):
     threads: PositiveInt | Literal["auto"] = "auto"
     resume: bool = False  # continue from out_dir/checkpoint.pt if its config matches
     seed: int = 0
-    out_dir: Path = Path("models")  # checkpoint.pt, best.pt (DVC-cached)
-    metrics_dir: Path = Path("metrics")  # train.json, train_history.csv, mlflow_run.json (kept in git)
+    out_dir: Path = Path("models")  # checkpoint.pt, best.pt (DVC-cached); mlflow_run.json (neither)
+    metrics_dir: Path = Path("metrics")  # train.json, train_history.csv (kept in git)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -267,8 +267,10 @@ class TrainConfig(_Section):
 
     @property
     def run_path(self) -> Path:
-        """The MLflow run id (and model URI) that evaluate and register read."""
-        return self.metrics_dir / "mlflow_run.json"
+        """This workspace's last training run in MLflow (its id, model URI and speed), for
+        ``train.resume`` and the summary: a fact of the run, not of the data and params, so neither
+        DVC nor git keeps it (evaluate and register find a checkpoint's run by its weights)."""
+        return self.out_dir / "mlflow_run.json"
 
     @model_validator(mode="after")
     def _loss(self) -> TrainConfig:
@@ -390,6 +392,9 @@ class RegistryConfig(_Section):
     # registered, never made champion
     champion_floor: Fraction = 0.5
     out_dir: Path = Path("metrics")  # registry.json: version, aliases, decision, scores
+    # what the MLflow store now holds, DVC-cached and not in git: the registry lives in the store, which a
+    # fresh clone lacks, and with the receipt gone there the stage registers again
+    receipt_path: Path = Path("models/registered.json")
 
     @property
     def record_path(self) -> Path:

@@ -34,7 +34,7 @@ def _copies(c: PipelineConfig) -> list[tuple[Path, str]]:
 
 
 def _trained(c: PipelineConfig) -> list[tuple[Path, str]]:
-    return [(c.train.best_path, "train"), (c.train.run_path, "train")]
+    return [(c.train.best_path, "train")]
 
 
 NEEDS: dict[str, Needs] = {

@@ -9,6 +9,7 @@ and ``rng`` (torch's CPU generator state), so a killed run resumes where it stop
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,19 @@ def model_from_checkpoint(path_or_state: Path | dict[str, Any], map_location: st
     model = build_model(**state["model_config"])
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def weights_digest(checkpoints: list[Path], rules: list[Path] = ()) -> str:
+    """SHA-256 of the checkpoints' tensors, key by key (not of the files, whose other entries may
+    differ), and of the files in ``rules`` that change what the model answers (an ensemble's
+    post-processing): what names a trained model in MLflow, its run's tag and its version's."""
+    digest = hashlib.sha256()
+    for path in checkpoints:
+        state = load_checkpoint(path)["model"]
+        for key in sorted(state):
+            digest.update(key.encode())
+            digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    for path in rules:
+        if Path(path).is_file():
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
