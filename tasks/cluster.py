@@ -290,21 +290,24 @@ def running(folder: Path, code_dir: Path, *, say: Say = print, environ: Mapping[
 def run_cv(cluster: Cluster, code_dir: Path, say: Say, environ: Mapping[str, str] = os.environ) -> dict:
     """The cv stage through the pool, as DVC runs it: its inputs first (``dvc repro augment``), then
     the stage with every fold trained afresh (the workspace's folds are in DVC's cache:
-    ``dvc checkout data/cv`` brings them back), reporting to the cluster's servers; ``cv.json``."""
+    ``dvc checkout data/cv`` brings them back), reporting to the cluster's servers; ``cv.json`` with where and when each fold ran."""
     from unet.config import load_config
 
     dvc = str(Path(sys.executable).with_name("dvc"))
     env = cluster.client_environment(environ) | {"LGG_CV_EXECUTOR": "pool"}
     if subprocess.call([dvc, "repro", "augment"], cwd=code_dir, env=env):
         raise EnvironmentMismatch("dvc repro augment failed (above): the cv stage's inputs are missing")
-    cv = load_config(code_dir / "params.yaml").cv
+    cv_config = load_config(code_dir / "params.yaml")
+    cv = cv_config.cv
     for folder in sorted((code_dir / cv.out_dir).glob("fold-*")):
         say(f"removing {folder.relative_to(code_dir)}: the demo trains every fold on the pool")
         shutil.rmtree(folder)
     if subprocess.call([dvc, "repro", "--force", "--single-item", "cv"], cwd=code_dir, env=env):
         raise EnvironmentMismatch("the cv stage failed on the pool (above); the workers' logs are in "
                                   f"{cluster.folder}")
-    return json.loads((code_dir / cv.metrics_path).read_text())
+    from unet.cv.stage import fold_runs
+
+    return {**json.loads((code_dir / cv.metrics_path).read_text()), "fold_runs": fold_runs(cv_config, code_dir)}
 
 
 def overlaps(runs: list[dict]) -> list[tuple[int, int]]:

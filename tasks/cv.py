@@ -14,10 +14,11 @@ from tasks import mlflow_model
 from tasks.common import stage_task
 from tasks.cards import log_ensemble_card
 from tasks.postgres import without_password
-from tasks.registry import move_aliases, register_version, weights_digest
+from tasks.registry import move_aliases, register_version
 from tasks.reports import cv_report, figures, publish
 from tasks.tracking import log_datasets, log_metrics, repo_root, run_datasets, tracking_uri, use_experiment
 from unet.config import PipelineConfig
+from unet.models.checkpoint import weights_digest
 from unet.cv import stage
 from unet.cv.folds import fold_config
 from unet.io.layout import read_manifest
@@ -60,9 +61,12 @@ def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[s
         "stage": "cv", "mlflow.note.content": f"{config.cv.folds}-fold cross-validation; the fold models' ensemble"
     }).info.run_id
     client.log_artifact(run_id, str(config.cv.per_patient_path), "cv")
+    if metrics.get("fold_runs"):  # where and when each fold ran: kept here, not in cv.json
+        client.log_dict(run_id, metrics["fold_runs"], "cv/fold_runs.json")
     manifest = read_manifest(config.prepare.manifest_path)
-    info = mlflow_model.log_ensemble(run_id, stage.fold_checkpoints(config), mlflow_model.example_slices(manifest),
-                                     f"cv-ensemble-{run_id[:8]}", rule=stage.ensemble_path(config))
+    checkpoints, rule = stage.fold_checkpoints(config), stage.ensemble_path(config)
+    info = mlflow_model.log_ensemble(run_id, checkpoints, mlflow_model.example_slices(manifest),
+                                     f"cv-ensemble-{run_id[:8]}", rule=rule)
     datasets = run_datasets(config)
     log_datasets(run_id, datasets, ["all"])  # every patient, each scored by the fold model that never saw it
     log_metrics(run_id, {f"cv_{k}": v for k, v in metrics.items()} | {ENSEMBLE_SCORE: metrics["dsc_mean"]},
@@ -70,9 +74,8 @@ def register_ensemble(config: PipelineConfig, metrics: dict[str, Any]) -> dict[s
     client.set_terminated(run_id)
     name = f"{config.registry.model_name}-cv"
     version = register_version(name, run_id, info.model_uri, ENSEMBLE_SCORE, float(metrics["dsc_mean"]),
-                               weights_digest(stage.fold_checkpoints(config), [stage.ensemble_path(config)]))
-    log_ensemble_card(config, run_id, name, version, metrics, stage.fold_checkpoints(config),
-                      stage.ensemble_path(config))
+                               weights_digest(checkpoints, [rule]))
+    log_ensemble_card(config, run_id, name, version, metrics, checkpoints, rule)
     return {"model_name": name, "version": int(version), "run_id": run_id,
             **move_aliases(name, version, float(metrics["dsc_mean"]), config.registry.champion_floor,
                            held=stage.failed_folds_said(metrics))}

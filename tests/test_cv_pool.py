@@ -188,9 +188,9 @@ def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepare
     metrics = stage.cross_validate(config, kill_the_first_one_past_epoch_two)
     assert found, "no fold reached epoch 2"
     assert not cv_pool.alive(found["fold_pid"])  # the orphaned fold stopped (it did not train on beside its rerun)
-    record = stage.read_fold(config.cv.fold_dir(found["fold"]))
-    assert [a["worker"] for a in record["attempts"]][0] == found["worker"] and len(record["attempts"]) == 2
-    assert record["attempts"][1]["worker"] != found["worker"]
+    attempts = stage.read_attempts(config.cv.fold_dir(found["fold"]))
+    assert attempts[0]["worker"] == found["worker"] and len(attempts) == 2
+    assert attempts[1]["worker"] != found["worker"]
     history = pd.read_csv(config.cv.fold_dir(found["fold"]) / "train_history.csv")
     assert list(history["epoch"]) == list(range(1, 9))  # resumed, not restarted: every epoch once
     assert metrics["fold_runs"][found["fold"]]["attempts"] == 2 and metrics["n_volumes"] == 6

@@ -8,7 +8,8 @@ fold reruns alone; a fold killed mid-training resumes from its last epoch (``tra
 
 The folds run through ``run_folds(config, manifest, assignments) -> tables``: ``in_turn`` here (one
 after another in this process), or one flow run a fold on a Prefect work pool (``tasks.cv_pool``);
-either way each fold is ``run_fold``, and ``fold.json`` records where and when it ran.
+either way each fold is ``run_fold``, and ``attempts.json`` records where and when it ran (beside
+the output, not in it: .dvcignore leaves it out of what DVC hashes and caches).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from unet.train import stage as train_stage
 log = logging.getLogger(__name__)
 
 FOLD_FILE, SCORES_FILE, ENSEMBLE_FILE = "fold.json", "scores.csv", "ensemble.json"
+# where and when a fold ran: the run's facts, not the data's; .dvcignore keeps it out of the output's hash
+ATTEMPTS_FILE = "attempts.json"
 SCORES = ("dsc", "dsc_no_postprocess", "iou", "precision", "recall", "hd95", "avd_relative")
 MISSED_DSC = 0.1  # a patient under this was missed: the lesion not found, or nothing found
 
@@ -61,6 +64,16 @@ def read_fold(folder: Path) -> dict[str, Any]:
 def write_fold(folder: Path, record: dict[str, Any]) -> None:
     with atomic_file(folder / FOLD_FILE, "w") as handle:
         json.dump(record, handle, indent=2)
+
+
+def read_attempts(folder: Path) -> list[dict[str, Any]]:
+    path = folder / ATTEMPTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def write_attempts(folder: Path, attempts: list[dict[str, Any]]) -> None:
+    with atomic_file(folder / ATTEMPTS_FILE, "w") as handle:
+        json.dump(attempts, handle, indent=2)
 
 
 def predict_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int) -> pd.DataFrame:
@@ -99,8 +112,8 @@ def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignme
              on_epoch: Callable | None = None, key: str | None = None, run: str | None = None) -> pd.DataFrame:
     """Train (or resume, or keep) fold ``fold`` and score its test patients; their score rows.
 
-    ``fold.json`` keeps one entry an attempt (``worker``, ``started``, ``finished``): a fold resumed
-    after its worker died shows both. ``key``: the one the caller computed (a pool's fold checks it
+    ``fold.json`` holds what decides the fold (its key and patients); ``attempts.json`` one entry an
+    attempt (``worker``, ``started``, ``finished``): a fold resumed after its worker died shows both. ``key``: the one the caller computed (a pool's fold checks it
     against the data it sees here); ``run``: the orchestrator's id of this attempt (a flow run's)."""
     folder = config.cv.fold_dir(fold)
     key = key or fold_key(assignment, config, data_digest(config))
@@ -111,15 +124,17 @@ def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignme
     if record.get("key") != key and folder.exists():
         shutil.rmtree(folder)  # another fold now (patients, recipe or data changed): start afresh
         record = {}
-    attempts = [*record.get("attempts", []), {"worker": worker_name(), "started": now(), **({"run": run} if run else {})}]
-    write_fold(folder, {"fold": fold, "key": key, "done": False, "parts": describe(assignment), "attempts": attempts})
+    attempts = [*read_attempts(folder), {"worker": worker_name(), "started": now(), **({"run": run} if run else {})}]
+    write_fold(folder, {"fold": fold, "key": key, "done": False, "parts": describe(assignment)})
+    write_attempts(folder, attempts)
     ours = fold_manifest(manifest, assignment)
     cfg = fold_config(config, fold)
     train_stage.train(cfg, on_epoch, load_data=lambda c: train_stage.load_training_data(c, ours),
                       state=train_stage.resume_state(cfg))
     table = predict_fold(config, ours, fold)
     attempts[-1]["finished"] = now()
-    write_fold(folder, {**read_fold(folder), "done": True, "attempts": attempts})
+    write_attempts(folder, attempts)
+    write_fold(folder, {**read_fold(folder), "done": True})
     return table
 
 
@@ -131,11 +146,11 @@ def in_turn(fold_runner: Callable = run_fold) -> Callable:
     return run_folds
 
 
-def fold_runs(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Where and when each fold ran (the attempt that finished it), for ``cv.json``."""
+def fold_runs(config: PipelineConfig, root: Path = Path(".")) -> list[dict[str, Any]]:
+    """Where and when each fold ran (the attempt that finished it), of the stage in ``root``."""
     runs = []
     for fold in range(config.cv.folds):
-        attempts = read_fold(config.cv.fold_dir(fold)).get("attempts") or [{}]
+        attempts = read_attempts(root / config.cv.fold_dir(fold)) or [{}]
         last = attempts[-1]
         runs.append({"fold": fold, **{k: last.get(k) for k in ("worker", "started", "finished")},
                      "attempts": len(attempts), **({"run": last["run"]} if last.get("run") else {})})
@@ -260,12 +275,12 @@ def cross_validate(config: PipelineConfig, run_folds: Callable | None = None,
     metrics["ensemble_postprocess"] = ensemble_rule(table)
     with atomic_file(ensemble_path(config), "w") as handle:
         json.dump(metrics["ensemble_postprocess"], handle, indent=2)
-    metrics["fold_runs"] = fold_runs(config)
     if tracking_store:
         metrics["tracking_store"] = tracking_store
     if config.cv.holdout_test:
         metrics["holdout"] = score_holdout(config, manifest[manifest["split"] == "test"])
     write_outputs(config, table, metrics)
+    metrics["fold_runs"] = fold_runs(config)  # returned and logged, not in cv.json: the run's facts
     log.info("cross-validation, %d folds: per-volume DSC mean %.4f, median %.4f over %d patients "
              "(fold means %.4f..%.4f)", config.cv.folds, metrics["dsc_mean"], metrics["dsc_median"],
              metrics["n_volumes"], metrics["fold_dsc_min"], metrics["fold_dsc_max"])
