@@ -26,7 +26,7 @@ def train_flow(config: PipelineConfig) -> dict:
         model_uri = train_tasks.finish_run(run_id, config, summary, reporter)
         print(f"best val DSC {summary['best_val_dsc']:.4f} at epoch {summary['best_epoch']}; MLflow run {run_id}, "
               f"model {model_uri}")
-    train_tasks.publish_report(config, summary, run_id)
+    train_tasks.publish_report(config, summary, run_id, reporter.speeds)
     return summary
 
 
