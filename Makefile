@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # project's Prefect server, python -m flows.server); plain dvc commands read .dvc/config's
 # core.analytics = false.
 
-.PHONY: install test demo demo-cluster clean ui ui-stop serve server-stop
+.PHONY: install test browser demo demo-cluster clean ui ui-stop serve server-stop
 
 install: $(STAMP)
 
@@ -20,8 +20,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The page tests open the pages in headless Chromium (tests/browser.py): Debian's, installed when it is
+# missing and this is root on Debian; elsewhere install it yourself, or set CHROMIUM to a binary.
+browser:
+	@if [ -z "$$CHROMIUM" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Chromium for the page tests (apt-get install chromium)"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+		else \
+			echo "the page tests need Chromium: sudo apt-get install chromium (or set CHROMIUM to a binary)"; exit 1; \
+		fi; \
+	fi
 
 # The first stage starts the project's Prefect server (tasks/project_server.py) and the others reuse
 # it; it stops by itself after 15 idle minutes, or with `make server-stop`. A server you point
