@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # project's Prefect server, python -m flows.server); plain dvc commands read .dvc/config's
 # core.analytics = false.
 
-.PHONY: install test browser demo demo-cluster clean ui ui-stop serve server-stop
+.PHONY: install test browser format lint demo demo-cluster clean ui ui-stop serve server-stop
 
 install: $(STAMP)
 
@@ -22,6 +22,14 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# One shape for the code (ruff.toml): imports sorted and ruff's safe fixes applied; lint only checks
+# (tests/test_lint.py runs it too, so CI holds it)
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The page tests open the pages in headless Chromium (tests/browser.py): Debian's, installed when it is
 # missing and this is root on Debian; elsewhere install it yourself, or set CHROMIUM to a binary.

@@ -60,8 +60,8 @@ def measure(args: argparse.Namespace) -> None:
     images = rng.normal(0, 1, (n, 3, size, size)).astype(np.float16)
     masks = np.zeros((n, 1, size, size), np.uint8)
     masks[:, :, size // 3: size // 2, size // 3: size // 2] = 1
-    arrays = SliceArrays(images, masks, np.ones_like(masks, dtype=np.float16), np.repeat(np.arange(n // 8), 8).astype(object),
-                         np.arange(n), np.zeros(n, np.int64))
+    patients = np.repeat(np.arange(n // 8), 8).astype(object)
+    arrays = SliceArrays(images, masks, np.ones_like(masks, dtype=np.float16), patients, np.arange(n), np.zeros(n, np.int64))
     model = build_model("reference", features=args.features, depth=4).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     common = dict(augment=AugmentParams(), amp=bool(args.amp), channels_last=True, progress=False,

@@ -43,8 +43,8 @@ GOAL_100_EPOCHS_S = 300.0
 
 def prepare_patient(index: int, seed: int, min_slices: int, max_slices: int, raw_size: int, size: int):
     """One phantom patient: (images (S, 3, size, size) float16, masks (S, 1, size, size) uint8)."""
-    from unet.download.synthetic import patient_spec
     from unet.download.phantom import render_volume
+    from unet.download.synthetic import patient_spec
     from unet.preprocess import preprocess_volume
 
     spec = patient_spec(seed, index, min_slices, max_slices)

@@ -34,9 +34,9 @@ from unet.download.synthetic import write_synthetic_dataset
 from unet.export import export_onnx
 from unet.export.export import INPUT_NAME, OUTPUT_NAME
 from unet.models.checkpoint import save_checkpoint
+from unet.models.forward import predict_probabilities
 from unet.models.unet import build_model
 from unet.predict.scan import read_scan
-from unet.models.forward import predict_probabilities
 from unet.predict.segmenter import CPU_BATCH, Segmenter, predict_prepared
 
 

@@ -159,8 +159,9 @@ def measure(variant: str, checkpoint: Path, patient: np.ndarray, flood: bytes, f
         with ThreadPoolExecutor(flood_n) as pool:
             statuses = Counter(pool.map(lambda _: post(url, flood), range(flood_n)))
         after = peak_mb(server.pid) if server.poll() is None else float("nan")
-        return {"variant": variant, "status": status, "predict_s": predict_s, "ping_max_ms": max(pings), "ping_median_ms": float(np.median(pings)),
-                "pings": len(pings), "rss_before_mb": before, "rss_after_mb": after, "flood": dict(statuses)}
+        return {"variant": variant, "status": status, "predict_s": predict_s, "ping_max_ms": max(pings),
+                "ping_median_ms": float(np.median(pings)), "pings": len(pings), "rss_before_mb": before,
+                "rss_after_mb": after, "flood": dict(statuses)}
     finally:
         server.terminate()
         server.wait(30)
@@ -181,6 +182,7 @@ def main() -> None:
         return
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_predict import setup
+
     from unet.io.kaggle import read_image
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,12 +32,12 @@ from skimage.transform import rescale, rotate
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from unet.device import cpu_has_bf16
+from unet.models.unet import build_model
 from unet.train.data import SliceArrays
 from unet.train.loader import CpuBatches, DeviceBatches
-from unet.train.losses import CombinedLoss, soft_dice_loss
-from unet.models.unet import build_model
-from unet.device import cpu_has_bf16
 from unet.train.loop import train_one_epoch
+from unet.train.losses import CombinedLoss, soft_dice_loss
 from unet.transforms.batch import AugmentParams
 
 

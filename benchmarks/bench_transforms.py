@@ -37,7 +37,7 @@ from skimage.transform import rescale, rotate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unet.transforms.batch import augment_batch, affine_matrix, draw_affine_params  # noqa: E402
+from unet.transforms.batch import affine_matrix, augment_batch, draw_affine_params  # noqa: E402
 
 
 def phantom(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -77,8 +77,8 @@ MIN_VERSIONS = {
 TIED = {"pydantic": ("pydantic_core",)}  # installed together: pydantic pins its core exactly
 
 # dense bf16 tensor peak (TFLOP/s, no sparsity) by the name torch reports
-BF16_PEAK_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("H800", 989.4), ("A100", 312.0), ("L40S", 362.1),
-                    ("A10G", 70.0), ("L4", 121.0))
+BF16_PEAK_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("H800", 989.4), ("A100", 312.0),
+                    ("L40S", 362.1), ("A10G", 70.0), ("L4", 121.0))
 
 GOALS = {
     "speedup": 3.0,  # this trainer / the reference loop, images/s, same GPU
@@ -486,7 +486,8 @@ def summary_line(name: str, entry: dict, results: dict) -> str:
         ms = f.get("ms_per_batch", {})
         best = "torch_cuda" if "torch_cuda" in ms else "torch_cpu_all_threads"
         return (f"batch of {f.get('batch')} at {f.get('size')} px: {ms.get(best, 0):.2f} ms ({best}) vs "
-                f"{ms.get('skimage_reference', 0):.1f} ms skimage per slice ({f.get('speedup_vs_skimage', {}).get(best, 0):.1f}x)")
+                f"{ms.get('skimage_reference', 0):.1f} ms skimage per slice "
+                f"({f.get('speedup_vs_skimage', {}).get(best, 0):.1f}x)")
     if name == "predict":
         rates = f.get("network_slices_per_s", {})
         return (f"{f.get('slices')} slices: {f.get('end_to_end_s', 0):.3f} s end to end (cold "

@@ -174,6 +174,7 @@ def build_base(work: Path, sets: dict) -> None:
 
 def one_run(work: Path, spec: dict) -> dict:
     import numpy as np
+    import torch
 
     from unet.augment import stage as augment
     from unet.config import parse_config
@@ -182,8 +183,6 @@ def one_run(work: Path, spec: dict) -> dict:
     from unet.evaluate.stage import evaluate_part, load_segmenter
     from unet.io.layout import read_manifest
     from unet.train.stage import train
-
-    import torch
 
     config = parse_config(run_raw(work, spec), source=run_id(spec))
     started = time.perf_counter()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
 from flows.common import stage_flow, stage_main
 from tasks import download as download_tasks
 from unet.config import PipelineConfig

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-
 from flows.common import stage_flow, stage_main
 from tasks import evaluate as evaluate_tasks
 from tasks.trained import train_record

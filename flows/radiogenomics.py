@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-
 from flows.common import stage_flow, stage_main
 from tasks import radiogenomics as radiogenomics_tasks
 from unet.config import PipelineConfig

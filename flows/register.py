@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-
 from flows.common import stage_flow, stage_main
 from tasks import register as register_tasks
 from unet.config import PipelineConfig

@@ -36,7 +36,8 @@ def run(config: PipelineConfig) -> dict:
           f"global Dice {evaluation['global_dice']:.3f}")
     if config.cv.folds and config.cv.metrics_path.is_file():
         print(cv_summary(read_summary(config.cv.metrics_path, "cv")))
-    champion = f"champion is version {registry['champion_version']}" if registry.get("champion_version") else "no champion yet"
+    champion = (f"champion is version {registry['champion_version']}" if registry.get("champion_version")
+                else "no champion yet")
     print(f"registry: {registry['model_name']} version {registry['version']}: {registry['decision']}"
           + (f" ({registry['why']})" if registry.get("why") else "") + f"; {champion}")
     print(f"MLflow store: {tracking_uri(config.mlflow)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-
 from flows.common import stage_flow, stage_main
 from tasks import train as train_tasks
 from unet.config import PipelineConfig

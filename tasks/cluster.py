@@ -227,8 +227,8 @@ def start_workers(cluster: Cluster, count: int, code_dir: Path, environ: Mapping
     started = []
     for k in range(count):
         name = f"worker-{k}"
-        env = cluster.client_environment(environ) | {"LGG_WORKER": name, "PYTHONPATH": str(code_dir),
-                                                     "PREFECT_WORKER_QUERY_SECONDS": "2"}  # a free worker takes a fold within 2 s
+        env = cluster.client_environment(environ) | {  # a free worker takes a fold within 2 s
+            "LGG_WORKER": name, "PYTHONPATH": str(code_dir), "PREFECT_WORKER_QUERY_SECONDS": "2"}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
         log = cluster.folder / f"{name}.log"
@@ -290,7 +290,8 @@ def running(folder: Path, code_dir: Path, *, say: Say = print, environ: Mapping[
 def run_cv(cluster: Cluster, code_dir: Path, say: Say, environ: Mapping[str, str] = os.environ) -> dict:
     """The cv stage through the pool, as DVC runs it: its inputs first (``dvc repro augment``), then
     the stage with every fold trained afresh (the workspace's folds are in DVC's cache:
-    ``dvc checkout data/cv`` brings them back), reporting to the cluster's servers; ``cv.json`` with where and when each fold ran."""
+    ``dvc checkout data/cv`` brings them back), reporting to the cluster's servers; ``cv.json`` with
+    where and when each fold ran."""
     from unet.config import load_config
 
     dvc = str(Path(sys.executable).with_name("dvc"))

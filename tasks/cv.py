@@ -6,22 +6,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
 from prefect import get_run_logger
 
-from mlflow import MlflowClient
-
 from tasks import mlflow_model
-from tasks.common import stage_task
 from tasks.cards import log_ensemble_card
+from tasks.common import stage_task
 from tasks.postgres import without_password
 from tasks.registry import move_aliases, register_version
 from tasks.reports import cv_report, figures, publish
 from tasks.tracking import log_datasets, log_metrics, repo_root, run_datasets, tracking_uri, use_experiment
 from unet.config import PipelineConfig
-from unet.models.checkpoint import weights_digest
 from unet.cv import stage
 from unet.cv.folds import fold_config
 from unet.io.layout import read_manifest
+from unet.models.checkpoint import weights_digest
 
 TRACKING_STORE_VARIABLE = "LGG_TRACKING_STORE"
 

@@ -28,8 +28,8 @@ from mlflow import MlflowClient
 
 from tasks.cards import ARTIFACT_DIR, card_data
 from tasks.tracking import log_metrics
-from unet.config import PipelineConfig
 from unet.cards.model import model_card, read_checkpoint_meta, read_metrics
+from unet.config import PipelineConfig
 from unet.export.check import ExportCheck, check_export, check_prepared
 from unet.export.cli import CARD_NAME, CHECK_NAME, ONNX_NAME, TORCHSCRIPT_NAME
 from unet.export.graphs import export_onnx, export_torchscript

@@ -27,7 +27,6 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import Schema, TensorSpec
 
-
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 SIGNATURE = ModelSignature(
     # (N, H, W, RGB), any N and size. A server casts JSON numbers to uint8 before the model sees them
@@ -49,7 +48,7 @@ def example_slices(manifest: pd.DataFrame, count: int = 4) -> np.ndarray:
     """``count`` consecutive raw slices around the largest tumour of a validation (else test) patient."""
     from unet.io.kaggle import read_image
 
-    part = next((p for p in ("val", "test", "train") if (manifest["split"] == p).any()))
+    part = next(p for p in ("val", "test", "train") if (manifest["split"] == p).any())
     rows = manifest[manifest["split"] == part]
     patient = rows.groupby("patient")["tumour_area"].sum().idxmax()
     rows = rows[rows["patient"] == patient].sort_values("index").reset_index(drop=True)

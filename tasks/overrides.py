@@ -17,7 +17,6 @@ from pydantic import BaseModel
 
 from unet.config import ConfigError, PipelineConfig, parse_config, read_params
 
-
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
 MAX_VALUE_CHARS, MAX_OVERRIDES = 256, 64  # params values are short; a 200 KB one broke DVC's command line
 
@@ -85,7 +84,8 @@ def validate_overrides(params_path: Path, overrides: Mapping[str, str]) -> Pipel
             errors.append(f"  {key}: a value of {len(text)} characters; a params value has at most {MAX_VALUE_CHARS}")
             continue
         if "${" in text:  # DVC (OmegaConf) would resolve it when it writes params.yaml: ${oc.env:SECRET}
-            errors.append(f"  {key}={text}: interpolation (${{...}}) is not allowed in a run's values; give the value itself")
+            errors.append(f"  {key}={text}: interpolation (${{...}}) is not allowed in a run's values; "
+                          "give the value itself")
             continue
         try:
             override = parser.parse_override(f"{key}={text}")

@@ -277,7 +277,7 @@ def ensure(home: Path, *, python: str = sys.executable, code_dir: Path, environ:
             say(f"starting this project's Prefect server at {server.ui} (log {home / LOG}); the next stages reuse "
                 f"it, and it stops after {idle_minutes:g} idle minutes (python -m flows.server stop)"
                 if not keep else f"starting this project's Prefect server at {server.ui} (log {home / LOG})")
-            if wait_until_healthy(server, home, say, alive=lambda: process.poll() is None):
+            if wait_until_healthy(server, home, say, alive=lambda p=process: p.poll() is None):
                 return server
         (home / STATE).unlink(missing_ok=True)
         raise EnvironmentMismatch(f"the project's Prefect server did not start ({STARTS} tries); the end of "
@@ -347,8 +347,12 @@ def client_auth(url: str | None, home: Path, environ: Mapping[str, str]) -> str 
 @contextmanager
 def _settings(url: str, *, heartbeats: bool, auth: str | None = None) -> Iterator[None]:
     """Prefect's settings for this process's runs (Prefect loads here, after the variable is set)."""
-    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-                                  temporary_settings)
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
     updates = ({PREFECT_API_URL: url} | ({} if heartbeats else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
                | ({PREFECT_API_AUTH_STRING: auth} if auth else {}))

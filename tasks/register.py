@@ -26,9 +26,10 @@ from tasks.reports import publish, registry_report
 from tasks.tracking import run_link
 from tasks.trained import WEIGHTS_TAG, train_record
 from unet.config import PipelineConfig
-from unet.models.checkpoint import weights_digest
 from unet.io.atomic import atomic_file
+from unet.models.checkpoint import weights_digest
 from unet.register.decision import run_score
+
 
 def register(config: PipelineConfig) -> dict[str, Any]:
     """The train run's model into the registry; the outcome into ``registry.json`` (less the run id,

@@ -35,7 +35,6 @@ import pandas as pd
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
-from mlflow.exceptions import MlflowException
 
 from unet.config import MlflowConfig, PipelineConfig, PrepareConfig
 from unet.errors import EnvironmentMismatch, InputError
@@ -139,8 +138,8 @@ def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int = 0, *, model
 
 DATASET_NAME = "lgg-prepared"
 CONTEXTS = {"train": "training", "val": "validation", "test": "test", "all": "cross-validation"}
-PART_PREFIXES = (("epoch_val_", "val"), ("best_val_", "val"), ("val_", "val"), ("test_", "test"), ("cv_", "all"), ("train_", "train"),
-                 ("loss", "train"))
+PART_PREFIXES = (("epoch_val_", "val"), ("best_val_", "val"), ("val_", "val"), ("test_", "test"), ("cv_", "all"),
+                 ("train_", "train"), ("loss", "train"))
 
 
 def dataset_for(key: str) -> str | None:

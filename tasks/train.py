@@ -8,8 +8,8 @@ run requires; everything else names the run id explicitly.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,8 +26,17 @@ from prefect import get_run_logger
 from tasks import mlflow_model
 from tasks.common import stage_task
 from tasks.reports import figure, publish, train_report
-from tasks.tracking import log_datasets, log_metrics, prepared_data_hash, repo_root, run_datasets, run_link, \
-    split_datasets, use_experiment, write_run_file
+from tasks.tracking import (
+    log_datasets,
+    log_metrics,
+    prepared_data_hash,
+    repo_root,
+    run_datasets,
+    run_link,
+    split_datasets,
+    use_experiment,
+    write_run_file,
+)
 from tasks.trained import tag_trained_weights
 from unet.config import PipelineConfig
 from unet.errors import UserError

@@ -22,7 +22,6 @@ from unet.config import PipelineConfig
 from unet.errors import InputError
 from unet.models.checkpoint import weights_digest
 
-
 WEIGHTS_TAG = "weights_sha256"  # a trained model's weights (unet.models.checkpoint.weights_digest)
 MODEL_TAGS = ("model_id", "model_uri")  # the run's logged model, beside it
 

@@ -15,6 +15,7 @@ import tifffile
 SESSION_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="prefect-home-"))
 os.environ["PREFECT_HOME"] = str(SESSION_PREFECT_HOME)
 import flows  # noqa: E402,F401  (switches off Prefect's and DVC's analytics, for this process and its children)
+
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # every MLflow run of the test session goes to a throw-away store, never the repo's mlflow.db
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='mlflow-')}/mlflow.db"

@@ -96,7 +96,7 @@ def test_flair_and_t1_contrasts(labelled):
 
 
 def test_a_skull_and_scalp_surround_the_brain(labelled):
-    for _, images, masks, tissue in labelled:
+    for _, images, _masks, tissue in labelled:
         flair = images[..., FLAIR].astype(float)
         scalp, bone = tissue == TISSUE_LABELS["scalp"], tissue == TISSUE_LABELS["bone"]
         assert scalp.sum() > 0.1 * np.isin(tissue, BRAIN).sum() and bone.sum() > 0
@@ -179,8 +179,13 @@ def test_the_synthetic_source_plants_margin_irregularity_by_rnaseq_cluster(tmp_p
     """RNASeqCluster sets the lesion margin's irregularity on the anatomical set; nothing else does."""
     import csv
 
-    from unet.download.synthetic import PLANTED, clinical_rows, lgg_patient_names, margin_irregularity, \
-        write_synthetic_dataset
+    from unet.download.synthetic import (
+        PLANTED,
+        clinical_rows,
+        lgg_patient_names,
+        margin_irregularity,
+        write_synthetic_dataset,
+    )
 
     names = lgg_patient_names(40)
     rows = clinical_rows(names, seed=3)

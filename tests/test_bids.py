@@ -10,8 +10,15 @@ import pytest
 
 from unet.errors import InputError
 from unet.io.bids import (
-    BIDS_VERSION, default_generated_by, derivative_name, kaggle_entities, parse_bids_name, source_entities_for,
-    subject_label, write_derivative)
+    BIDS_VERSION,
+    default_generated_by,
+    derivative_name,
+    kaggle_entities,
+    parse_bids_name,
+    source_entities_for,
+    subject_label,
+    write_derivative,
+)
 
 S, H, W = 4, 10, 12
 AFFINE = np.array([[-0.9, 0.0, 0.1, 90.0], [0.0, 0.85, 0.2, -120.0], [0.0, -0.1, 3.0, -40.0], [0, 0, 0, 1]])

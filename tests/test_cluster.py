@@ -12,8 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import REPO
 from tasks import cluster, postgres
+
+from conftest import REPO
 
 
 @pytest.fixture

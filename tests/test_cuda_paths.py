@@ -26,13 +26,13 @@ from scipy import stats
 from unet.config import ModelConfig, PipelineConfig, PrepareConfig, TrainConfig
 from unet.device import autocast
 from unet.models.checkpoint import load_checkpoint
-from unet.models.unet import build_model
 from unet.models.forward import DEVICE_BATCH, predict_probabilities
+from unet.models.unet import build_model
 from unet.predict.segmenter import CPU_BATCH
 from unet.train.data import SliceArrays, sampling_weights, to_device
 from unet.train.loader import CpuBatches, DeviceBatches
-from unet.train.losses import CombinedLoss
 from unet.train.loop import fit, train_one_epoch
+from unet.train.losses import CombinedLoss
 from unet.train.stage import make_batches
 from unet.transforms.batch import AugmentParams, augment_batch
 from unet.transforms.elastic import deform_copies

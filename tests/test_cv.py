@@ -9,14 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import make_raw_tree, tiny_stage_params
+from unet.augment import stage as augment
 from unet.config import parse_config
 from unet.cv import stage
 from unet.cv.folds import assignments
 from unet.io.layout import read_manifest
 from unet.prepare.stage import prepare_dataset
 from unet.weightmaps import stage as weightmaps
-from unet.augment import stage as augment
+
+from conftest import make_raw_tree, tiny_stage_params
 
 FOLDS = 3
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, make_raw_tree, merged, tiny_stage_params
 from tasks import cluster, cv_pool
 from unet.augment import stage as augment
 from unet.config import parse_config
@@ -23,6 +22,8 @@ from unet.cv.folds import fold_key
 from unet.errors import UserError
 from unet.prepare.stage import prepare_dataset
 from unet.weightmaps import stage as weightmaps
+
+from conftest import REPO, make_raw_tree, merged, tiny_stage_params
 
 POOL = "lgg-cv-test"
 DEPLOYMENT = "lgg-cv-fold-test"
@@ -112,8 +113,8 @@ def deployment_runs(name: str) -> int:
 
 def test_folds_on_two_workers_overlap_and_equal_the_sequential_run(prepared, on_pool):
     long_enough = {"cv": {"epochs": 4}}  # folds of ~5 s: long enough to overlap despite the workers' start skew
-    local = parse_config(merged(merged(pool_params(prepared, "cv", steps_per_epoch=150), long_enough),
-                                {"cv": {"out_dir": str(prepared / "cv-local"), "metrics_dir": str(prepared / "local-metrics")}}))
+    elsewhere = {"cv": {"out_dir": str(prepared / "cv-local"), "metrics_dir": str(prepared / "local-metrics")}}
+    local = parse_config(merged(merged(pool_params(prepared, "cv", steps_per_epoch=150), long_enough), elsewhere))
     sequential = stage.cross_validate(local)
     pooled_config = parse_config(merged(pool_params(prepared, "cv", steps_per_epoch=150), long_enough))
     from prefect import flow

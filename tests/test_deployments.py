@@ -12,26 +12,27 @@ import base64
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import merged
 from flows import pipeline
+from flows.deploy import DEPLOYMENTS, deployments
 from tasks import experiment
 from tasks import overrides as checks
-from flows.deploy import DEPLOYMENTS, deployments
 from tasks.reports import prepare_report, publish, table
 from unet.config import ConfigError
+
+from conftest import merged
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ["flows", "tasks", "unet", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots"]
@@ -150,7 +151,8 @@ def test_a_failing_dvc_fails_the_run_with_its_last_lines(tmp_path, prefect_api, 
     monkeypatch.setattr(experiment, "run_dvc", fake_dvc(1, ["Running stage 'train':", "ERROR: boom"], []))
     state = pipeline.pipeline_flow(return_state=True)
     assert state.is_failed()
-    with pytest.raises(RuntimeError, match="dvc exp run --temp failed \\(exit 1\\); its last lines:\nRunning stage 'train':\nERROR: boom"):
+    said = "dvc exp run --temp failed \\(exit 1\\); its last lines:\nRunning stage 'train':\nERROR: boom"
+    with pytest.raises(RuntimeError, match=said):
         state.result()
 
 
@@ -236,12 +238,20 @@ def dvc(repo: Path, *args: str) -> str:
 
 def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, prefect_api):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, \
-        FlowRunFilterParentFlowRunId, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId, LogFilterTextSearch
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        FlowRunFilterStartTime,
+        LogFilter,
+        LogFilterFlowRunId,
+        LogFilterTextSearch,
+    )
     from prefect.exceptions import ObjectNotFound
 
     process, log = runner
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
 
     def deployment():
         assert process.poll() is None, f"the runner exited:\n{log.read_text()[-4000:]}"
@@ -281,7 +291,8 @@ def test_a_run_started_through_the_client_is_a_dvc_experiment(repo, runner, pref
     assert "from-the-ui" in dvc(repo, "exp", "list", "--name-only")
     # the run was an experiment in a copy: the workspace is as it was until the user applies it
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert (params["prepare"]["image_size"], params["augment"]["copies"]) == (32, yaml.safe_load(PARAMS.read_text())["augment"]["copies"])
+    copies = yaml.safe_load(PARAMS.read_text())["augment"]["copies"]
+    assert (params["prepare"]["image_size"], params["augment"]["copies"]) == (32, copies)
     assert not (repo / "data").exists()
     recorded = dvc(repo, "exp", "show", "--json")  # the experiment holds the run's params and outputs
     assert '"from-the-ui"' in recorded and '"image_size": 16' in recorded and '"copies": 1' in recorded
@@ -470,8 +481,8 @@ def test_a_stages_lines_are_stamped_once_in_the_pipeline_log(tmp_path):
 def test_a_temp_experiment_reports_its_own_scores_not_the_workspaces(tmp_path):
     """``dvc exp run --temp`` runs in a copy that is gone afterwards: the report reads the scores from
     the experiment's commit (a real DVC repo), not the workspace's metrics files."""
-    from unet.config import PipelineConfig
     from tasks.reports import pipeline_report
+    from unet.config import PipelineConfig
 
     repo = tmp_path / "repo"
     (repo / "metrics").mkdir(parents=True)

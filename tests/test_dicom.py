@@ -19,8 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # 
 from unet.errors import InputError  # noqa: E402
 from unet.models.checkpoint import save_checkpoint  # noqa: E402
 from unet.models.unet import build_model  # noqa: E402
-from unet.predict.dicom import (  # noqa: E402
-    DicomScan, classify, is_dicom_folder, list_series, read_dicom_folder)
+from unet.predict.dicom import DicomScan, classify, is_dicom_folder, list_series, read_dicom_folder  # noqa: E402
 from unet.predict.scan import scale_to_uint8, write_mask  # noqa: E402
 from unet.predict.segmenter import Segmenter  # noqa: E402
 

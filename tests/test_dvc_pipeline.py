@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -124,7 +124,7 @@ def stage_artifacts(since: datetime) -> dict[str, str]:
 
 
 def test_whole_pipeline_ends_with_a_champion_a_new_process_can_use(repo, prefect_api):
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     ran = set(re.findall(r"Running stage '([a-z]+)'", dvc(repo, "repro", api=prefect_api).stdout))
     # every stage's report shows its pictures themselves (offline, no file server), byte for byte
     # (weightmaps and augment may have run in an earlier test; test_deployments checks theirs too)

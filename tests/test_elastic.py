@@ -114,7 +114,8 @@ def test_weight_matches_scipy_map_coordinates() -> None:
     _, _, out = elastic_deform(weight.repeat(1, 3, 1, 1), None, weight, displacement=field)
     ys, xs = np.mgrid[:SIZE, :SIZE].astype(np.float64)
     d = field[0].double().numpy()
-    expected = ndimage.map_coordinates(weight[0, 0].double().numpy(), [ys + d[..., 1], xs + d[..., 0]], order=1, mode="mirror")
+    expected = ndimage.map_coordinates(weight[0, 0].double().numpy(), [ys + d[..., 1], xs + d[..., 0]], order=1,
+                                       mode="mirror")
     np.testing.assert_allclose(out[0, 0].numpy(), expected, atol=1e-4)
 
 
@@ -124,7 +125,8 @@ def test_weight_matches_scipy_map_coordinates() -> None:
 @pytest.mark.parametrize("mask_dtype", [torch.uint8, torch.bool, torch.int64, torch.float32])
 def test_mask_stays_binary_in_its_dtype(mask_dtype: torch.dtype) -> None:
     image, mask, weight = square_scene(batch=4)
-    _, out_mask, _ = elastic_deform(image, mask.to(mask_dtype), weight, sigma=10.0, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    _, out_mask, _ = elastic_deform(image, mask.to(mask_dtype), weight, sigma=10.0, generator=generator)
     assert out_mask.dtype == mask_dtype
     assert set(torch.unique(out_mask.to(torch.float32)).tolist()) <= {0.0, 1.0}
 

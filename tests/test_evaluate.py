@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from unet.config import PrepareConfig, SplitConfig
+from unet.evaluate.overlay import overlay_figure
 from unet.evaluate.scores import evaluate_patient, per_patient_table, split_metrics
 from unet.io.layout import json_safe
-from unet.metrics import volume_scores
-from unet.evaluate.overlay import overlay_figure
-from unet.metrics import most_tumour_slices
+from unet.metrics import most_tumour_slices, volume_scores
 from unet.predict.segmenter import Segmenter
 from unet.prepare.stage import prepare_dataset
 

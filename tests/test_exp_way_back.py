@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_dvc_pipeline import dvc
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,14 @@ pytest.importorskip("onnxscript")
 
 from unet.errors import InputError  # noqa: E402
 from unet.export import (  # noqa: E402
-    ProbabilityNet, check_export, export_onnx, export_torchscript, read_checkpoint_meta, read_metrics,
-    write_model_card)
+    ProbabilityNet,
+    check_export,
+    export_onnx,
+    export_torchscript,
+    read_checkpoint_meta,
+    read_metrics,
+    write_model_card,
+)
 from unet.export.export import METADATA_KEY, main  # noqa: E402
 from unet.models.checkpoint import model_from_checkpoint, save_checkpoint  # noqa: E402
 from unet.models.unet import build_model  # noqa: E402

@@ -20,6 +20,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from test_export import phantom, save_model  # noqa: E402
+
 from tasks import cards  # noqa: E402
 from tasks import export as export_tasks  # noqa: E402
 from unet.preprocess import preprocess_volume  # noqa: E402

@@ -119,7 +119,7 @@ def test_an_exception_with_a_foreign_oserror_behind_it_keeps_its_type(tmp_path):
             try:
                 open(tmp_path / "elsewhere" / "missing.txt")
             except FileNotFoundError:
-                raise RuntimeError("a bug")
+                raise RuntimeError("a bug")  # noqa: B904 (the OSError behind it, implicitly chained, is the case)
 
 
 def test_an_oserror_that_is_not_about_the_output_keeps_its_type(tmp_path):
@@ -269,9 +269,10 @@ def test_the_lost_tracking_message_names_commands_that_exist(tmp_path):
     """``dvc repro`` has no -S: the message says what does set train.resume."""
     import mlflow
 
-    from conftest import outputs_under
     from tasks import train as train_tasks
     from unet.config import parse_config
+
+    from conftest import outputs_under
 
     class Stuck:  # a reporter whose store went away with epoch 2 pending
         pending = [(2, {"loss": 1.0})]
@@ -358,8 +359,8 @@ def test_an_artifact_folder_that_is_read_only_or_full_is_one_line(sqlite_store, 
 def test_a_locked_sqlite_store_is_one_line_and_a_short_log(sqlite_store, prefect_api, tmp_path, caplog):
     import sqlite3
 
-    from tasks.common import TrackingStoreError, stage_task
     from flows.common import stage_flow
+    from tasks.common import TrackingStoreError, stage_task
 
     client, run_id = sqlite_store
 

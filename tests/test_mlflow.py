@@ -25,13 +25,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_raw_tree, tiny_stage_params
-from unet.register.decision import decide, run_score
 from tasks import evaluate as evaluate_tasks
 from tasks import tracking, trained
 from tasks import train as train_tasks
 from unet.config import MlflowConfig, parse_config
 from unet.models.checkpoint import weights_digest
+from unet.register.decision import decide, run_score
+
+from conftest import make_raw_tree, tiny_stage_params
 
 MODEL = "lgg-unet-test"
 
@@ -370,8 +371,8 @@ def test_an_export_that_fails_moves_no_alias(tracked, tmp_path):
 @pytest.fixture(scope="module")
 def patient(tracked):
     """One raw patient volume (6, 32, 32, 3) uint8 and the mask the checkpoint gives it in-process."""
-    from unet.predict.segmenter import Segmenter
     from unet.io.kaggle import read_image
+    from unet.predict.segmenter import Segmenter
 
     root, _ = tracked
     manifest = pd.read_parquet(root / "prepared/manifest.parquet")

@@ -211,7 +211,8 @@ def _drop(state: dict, key: str) -> dict:
     [
         (lambda s: _drop(s, "conv.bias"), r"1 missing, e\.g\. \['conv\.bias'\]"),
         (lambda s: {**s, "conv.extra": torch.zeros(1)}, r"1 unexpected, e\.g\. \['conv\.extra'\]"),
-        (lambda s: {**s, "conv.weight": torch.zeros(2, 32, 1, 1)}, r"conv\.weight is \[2, 32, 1, 1\], expected \[1, 32, 1, 1\]"),
+        (lambda s: {**s, "conv.weight": torch.zeros(2, 32, 1, 1)},
+         r"conv\.weight is \[2, 32, 1, 1\], expected \[1, 32, 1, 1\]"),
         (lambda s: {f"module.{k}": v for k, v in s.items()}, "strip the 'module.' prefix"),
     ],
 )

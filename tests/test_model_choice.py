@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from test_train import squares, tiny_config, tiny_model
+
 from unet.config import TrainConfig
 from unet.cv.stage import ensemble_rule, read_ensemble_rule
 from unet.models.checkpoint import load_checkpoint

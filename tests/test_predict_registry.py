@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-
 from test_predict import box_volume, save_model, write_folder
+
 from unet.errors import InputError
 from unet.predict import registry
 from unet.predict.ensemble import EnsembleSegmenter

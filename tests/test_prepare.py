@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unet.io import nifti
 from unet.config import PrepareConfig, SplitConfig
+from unet.io import nifti
 from unet.io.layout import load_patient_arrays
-from unet.prepare.stage import prepare_dataset
 from unet.prepare.raw import RawDataError
+from unet.prepare.stage import prepare_dataset
 
 from conftest import make_raw_tree
 

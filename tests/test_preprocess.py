@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from skimage.exposure import rescale_intensity
 from skimage.transform import resize
 
 from unet.preprocess import (
-    Geometry, channels_present, crop_box, preprocess_volume, square_padding, statistics_slices, to_original,
+    Geometry,
+    channels_present,
+    crop_box,
+    preprocess_volume,
+    square_padding,
+    statistics_slices,
+    to_original,
 )
 
 

@@ -13,8 +13,8 @@ import scipy.stats
 from scipy.special import gammaln
 
 from unet.errors import InputError, MissingInputError
-from unet.radiogenomics.clinical import CLUSTER_COLUMNS, read_clinical_csv, sniff_delimiter
 from unet.radiogenomics import stats
+from unet.radiogenomics.clinical import CLUSTER_COLUMNS, read_clinical_csv, sniff_delimiter
 from unet.radiogenomics.stats import (
     PAPER_THRESHOLD,
     PREREGISTERED,

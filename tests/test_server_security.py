@@ -13,15 +13,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from tasks import project_server
-from tasks.server import (ALLOWED_HOSTS, AUTH_FILE, asks_for_auth, check_prefect_api, make_auth,
-                          server_environment, stored_auth)
+from tasks.server import (
+    ALLOWED_HOSTS,
+    AUTH_FILE,
+    asks_for_auth,
+    check_prefect_api,
+    make_auth,
+    server_environment,
+    stored_auth,
+)
 from unet.errors import EnvironmentMismatch
+
+from conftest import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -140,7 +140,8 @@ def npy_header(descr: str, shape: tuple[int, ...], data: bytes = b"\0" * 16) -> 
 
 
 @pytest.mark.parametrize(("body", "content_type", "words"), [
-    (npy_header("|u1", (1 << 20, 1024, 1024, 1)), NPY, "declares shape (1048576, 1024, 1024, 1) of uint8 (1,099,511,627,776 bytes)"),
+    (npy_header("|u1", (1 << 20, 1024, 1024, 1)), NPY,
+     "declares shape (1048576, 1024, 1024, 1) of uint8 (1,099,511,627,776 bytes)"),
     (npy(SLICES)[:-5], NPY, "but the body carries 379"),  # cut short
     (npy_header("|O", (2,)), NPY, "Python objects"),
     (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", "nested deeper"),
@@ -185,6 +186,7 @@ def test_lgg_serve_serves_a_checkpoint_from_any_folder(tmp_path):
     import time
 
     from test_predict import box_volume, save_model
+
     from unet.predict.segmenter import Segmenter
 
     checkpoint = save_model(tmp_path / "best.pt", seed=3)

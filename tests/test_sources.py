@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_server import FakeKaggle, kaggle_zip, nothing_listening, serve
 from unet.download.sources import (
     DownloadError,
     KaggleCredentialsError,
@@ -25,6 +24,8 @@ from unet.download.sources import (
     find_dataset_root,
     use_local,
 )
+
+from kaggle_server import FakeKaggle, kaggle_zip, nothing_listening, serve
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "mateuszbuda/lgg-mri-segmentation"

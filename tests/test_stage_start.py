@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 import yaml
 
-from conftest import REPO, make_raw_tree, merged, outputs_under, tiny_stage_params
 from tasks import project_server
 from unet.config import parse_config
 from unet.errors import MissingInputError
 from unet.inputs import NEEDS, check_inputs
+
+from conftest import REPO, make_raw_tree, merged, outputs_under, tiny_stage_params
 
 
 def stage_env(home: Path, **extra: str) -> dict[str, str]:

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from conftest import outputs_under
 from unet.config import parse_config
+
+from conftest import outputs_under
 
 TRAIN = {"best_val_dsc": 0.88, "best_epoch": 10, "epochs": 10, "selected": "last", "device": "cpu",
          "precision": "fp32", "kernels": "AVX2", "threads": 2, "images_per_s": 90.0}

@@ -14,7 +14,6 @@ from scipy.ndimage import binary_dilation
 
 from unet.download import phantom, synthetic
 from unet.download.phantom import FLAIR, POST, PRE, render_volume
-from unet.prepare.raw import scan_raw
 from unet.download.synthetic import (
     CLINICAL_COLUMNS,
     clinical_rows,
@@ -23,6 +22,7 @@ from unet.download.synthetic import (
     patient_spec,
     write_synthetic_dataset,
 )
+from unet.prepare.raw import scan_raw
 
 SMALL = dict(n_patients=3, min_slices=6, max_slices=10, image_size=32)
 REAL_COLUMNS = [

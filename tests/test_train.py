@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from unet.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from unet.config import TrainConfig
+from unet.device import select_device
+from unet.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from unet.models.forward import same_size_logits
+from unet.models.unet import build_model
 from unet.train.data import SliceArrays, sampling_weights, volumes
 from unet.train.loader import CpuBatches, steps_per_epoch
-from unet.train.losses import CombinedLoss
-from unet.models.unet import build_model
-from unet.device import select_device
-from unet.models.forward import same_size_logits
 from unet.train.loop import TrainingDiverged, check_resumable, fit, train_one_epoch
+from unet.train.losses import CombinedLoss
 from unet.transforms.batch import AugmentParams
 
 SIZE = 32

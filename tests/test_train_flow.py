@@ -18,10 +18,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_raw_tree, tiny_stage_params
+from unet.config import parse_config
 from unet.io import nifti
 from unet.models.checkpoint import load_checkpoint, model_from_checkpoint
-from unet.config import parse_config
+
+from conftest import make_raw_tree, tiny_stage_params
 
 REPO = Path(__file__).resolve().parents[1]
 

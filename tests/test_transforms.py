@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet.transforms.elastic import elastic_deform, sampling_grid
 from unet.transforms.batch import (
     AugmentParams,
     affine_displacement,
@@ -18,6 +17,7 @@ from unet.transforms.batch import (
     draw_affine_params,
     random_affine,
 )
+from unet.transforms.elastic import elastic_deform, sampling_grid
 
 NO_AFFINE = {"scale": 0.0, "rotate_deg": 0.0, "flip_p": 0.0}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

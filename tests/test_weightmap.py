@@ -12,7 +12,6 @@ from unet.weightmaps.weightmap import (
     weight_maps,
 )
 
-
 # ---------------------------------------------------------------- brute force, plain numpy
 
 

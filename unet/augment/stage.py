@@ -21,8 +21,14 @@ from unet.augment import preview
 from unet.config import PipelineConfig
 from unet.fanout import Each, serial
 from unet.io.atomic import atomic_dir
-from unet.io.layout import (bytes_per_slice_copy, load_patient_arrays, load_weight_maps, read_manifest, write_copies,
-                            write_summary)
+from unet.io.layout import (
+    bytes_per_slice_copy,
+    load_patient_arrays,
+    load_weight_maps,
+    read_manifest,
+    write_copies,
+    write_summary,
+)
 from unet.transforms.elastic import deform_copies
 from unet.units import scale_px
 

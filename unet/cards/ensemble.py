@@ -13,8 +13,20 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from unet.cards.model import (_INTENDED_USE, _cv_section, _limits, _metric_rows, _postprocess_text,
-                              _preprocessing_section, _source_text, _title, _count, dsc_spread, fmt, synthetic_set)
+from unet.cards.model import (
+    _INTENDED_USE,
+    _count,
+    _cv_section,
+    _limits,
+    _metric_rows,
+    _postprocess_text,
+    _preprocessing_section,
+    _source_text,
+    _title,
+    dsc_spread,
+    fmt,
+    synthetic_set,
+)
 
 
 def _ensemble_section(fold_metas: Sequence[Mapping[str, Any]], rule: Mapping[str, Any] | None,

@@ -21,7 +21,7 @@ import os
 import shutil
 import socket
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,7 @@ def predict_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int) -> p
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def worker_name() -> str:
@@ -113,8 +113,9 @@ def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignme
     """Train (or resume, or keep) fold ``fold`` and score its test patients; their score rows.
 
     ``fold.json`` holds what decides the fold (its key and patients); ``attempts.json`` one entry an
-    attempt (``worker``, ``started``, ``finished``): a fold resumed after its worker died shows both. ``key``: the one the caller computed (a pool's fold checks it
-    against the data it sees here); ``run``: the orchestrator's id of this attempt (a flow run's)."""
+    attempt (``worker``, ``started``, ``finished``): a fold resumed after its worker died shows both.
+    ``key``: the one the caller computed (a pool's fold checks it against the data it sees here);
+    ``run``: the orchestrator's id of this attempt (a flow run's)."""
     folder = config.cv.fold_dir(fold)
     key = key or fold_key(assignment, config, data_digest(config))
     if fold_done(config, fold, key):

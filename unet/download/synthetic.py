@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unet.errors import InputError
-from unet.io.atomic import atomic_dir
 from unet.download import anatomy, phantom
 from unet.download.phantom import PhantomSpec, draw_spec, slice_count
+from unet.errors import InputError
+from unet.io.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 

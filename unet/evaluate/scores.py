@@ -77,8 +77,8 @@ def split_metrics(results: list[PatientResult]) -> dict[str, Any]:
 
 
 def per_patient_table(results: list[PatientResult]) -> pd.DataFrame:
-    columns = ["dsc", "dsc_no_postprocess", "dsc_largest_component", "iou", "precision", "recall", "hd95", "avd_voxels", "avd_relative",
-               "voxels_pred", "voxels_true"]
+    columns = ["dsc", "dsc_no_postprocess", "dsc_largest_component", "iou", "precision", "recall", "hd95", "avd_voxels",
+               "avd_relative", "voxels_pred", "voxels_true"]
     return pd.DataFrame([{"patient": r.patient, "split": r.split, **{c: r.scores[c] for c in columns}}
                          for r in results])
 

@@ -12,9 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
+from unet.cards.model import CARD_NAME, fmt, read_checkpoint_meta, read_metrics, sci, write_model_card
 from unet.config import PipelineConfig
 from unet.errors import UserError
-from unet.cards.model import CARD_NAME, fmt, read_checkpoint_meta, read_metrics, sci, write_model_card
 from unet.export.check import MAX_PROBABILITY_DIFF, MIN_MASK_AGREEMENT, ExportCheck, check_export
 from unet.export.graphs import export_onnx, export_torchscript
 

@@ -164,7 +164,7 @@ def export_onnx(checkpoint: Path, out: Path, *, dynamic: bool = True, image_size
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     failures = []
-    for what, shapes, spec in _onnx_attempts(loaded, dynamic):
+    for what, shapes, spec in _onnx_attempts(loaded, dynamic):  # noqa: B007 (the one that exported: used below)
         try:
             with quiet_exporters(), torch.no_grad():
                 torch.onnx.export(loaded.model, (example,), str(out), dynamo=True, verbose=False,

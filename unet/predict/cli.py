@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from unet.device import DEVICES, select_device
-from unet.io.atomic import staging_dir
 from unet.errors import EnvironmentMismatch, InputError, UserError
+from unet.io.atomic import staging_dir
 from unet.metrics import most_tumour_slices
-from unet.predict.scan import Scan, caption, read_scan, write_mask, write_overlay
 from unet.predict.ensemble import EnsembleSegmenter
 from unet.predict.models import load_model
 from unet.predict.registry import is_model_uri
+from unet.predict.scan import Scan, caption, read_scan, write_mask, write_overlay
 from unet.predict.segmenter import Segmenter
 
 log = logging.getLogger(__name__)

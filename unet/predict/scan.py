@@ -275,9 +275,9 @@ def caption_lines(text: str, width: int, measure) -> list[str]:
     two spaces) side by side where they fit, a field too long for a line broken at its words; a single
     word wider than the line stays whole."""
     pieces: list[str] = []
-    for field in text.split("  "):
+    for part in text.split("  "):
         line = ""
-        for word in field.split():
+        for word in part.split():
             if line and measure(f"{line} {word}") > width:
                 pieces.append(line)
                 line = word

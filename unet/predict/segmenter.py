@@ -23,7 +23,7 @@ from unet.errors import InputError
 from unet.metrics import postprocess
 from unet.models.checkpoint import load_checkpoint, model_from_checkpoint
 from unet.models.forward import DEVICE_BATCH, predict_probabilities
-from unet.preprocess import Geometry, preprocess_metadata, preprocess_volume, to_original
+from unet.preprocess import Geometry, preprocess_volume, to_original
 
 # Small batches in channels_last run the reference net 1.8x faster on a 2-core CPU than batches
 # of 32 in NCHW (bf16 autocast either way; benchmarks/bench_predict.py): the activations stay in cache.

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unet.config import PrepareConfig
 from unet.io import nifti
 from unet.io.atomic import atomic_dir
-from unet.io.layout import array_dir, nifti_path, write_prepared, write_summary
-from unet.config import PrepareConfig
 from unet.io.kaggle import CHANNELS, read_image, read_mask
-from unet.preprocess import channels_present, preprocess_volume
+from unet.io.layout import array_dir, nifti_path, write_prepared, write_summary
 from unet.prepare.raw import PatientFiles, scan_raw
+from unet.preprocess import channels_present, preprocess_volume
 from unet.split import split_patients
 
 log = logging.getLogger(__name__)

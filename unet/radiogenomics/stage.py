@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 
 from unet.config import PipelineConfig
-from unet.io.layout import json_safe
 from unet.io import nifti
 from unet.io.atomic import atomic_file
 from unet.io.kaggle import DATA_CSV, patient_id, read_mask
-from unet.io.layout import read_manifest
+from unet.io.layout import json_safe, read_manifest
 from unet.radiogenomics.clinical import CLUSTER_COLUMNS, PATIENT, read_clinical_csv
 from unet.radiogenomics.features import patient_features
 from unet.radiogenomics.figure import heatmap

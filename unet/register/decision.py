@@ -3,7 +3,8 @@
 The score is ``val_dsc_mean`` that the evaluate stage logged into the run (per volume, at the
 original geometry), else the train stage's ``epoch_val_dsc_shipped`` (``best_val_dsc`` in runs logged
 before that name); the champion alias moves only to a
-model that scores strictly better and at least ``registry.champion_floor``. Plain functions: the MLflow calls are in ``tasks/register.py``.
+model that scores strictly better and at least ``registry.champion_floor``. Plain functions: the
+MLflow calls are in ``tasks/register.py``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from unet.device import autocast
-from unet.models.checkpoint import save_checkpoint
-from unet.models.forward import same_size_logits, unwrap
 from unet.config import TrainConfig
+from unet.device import autocast
 from unet.errors import InputError, UserError
 from unet.io.atomic import atomic_file
+from unet.metrics import dice, postprocess
+from unet.models.checkpoint import save_checkpoint
+from unet.models.forward import predict_probabilities, same_size_logits, unwrap
+from unet.threads import ThreadGovernor
 from unet.train.data import SliceArrays, volumes
 from unet.train.losses import CombinedLoss
-from unet.metrics import dice, postprocess
-from unet.units import scale_px
-from unet.models.forward import predict_probabilities
-from unet.threads import ThreadGovernor
 from unet.transforms.batch import AugmentParams, augment_batch, fill_missing_sequences, jitter_intensity
+from unet.units import scale_px
 
 log = logging.getLogger(__name__)
 
