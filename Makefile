@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # project's Prefect server, python -m flows.server); plain dvc commands read .dvc/config's
 # core.analytics = false.
 
-.PHONY: install test browser format lint demo demo-cluster clean ui ui-stop serve server-stop
+.PHONY: install test browser format lint deploy serve demo demo-cluster clean ui ui-stop server-stop
 
 install: $(STAMP)
 
@@ -105,7 +105,7 @@ ui: $(STAMP)
 	$(call ui_wait,mlflow,$(MLFLOW_UI)/health)
 	@echo
 	@echo "MLflow UI: $(MLFLOW_UI); the Prefect UI is the project's server above (the stages report to it"
-	@echo "without PREFECT_API_URL). Then: make serve (deployments you start from the UI); make ui-stop ends both."
+	@echo "without PREFECT_API_URL). Then: make deploy (deployments you start from the UI); make ui-stop ends both."
 
 ui-stop:
 	@$(BIN)/python -m flows.server stop
@@ -120,8 +120,13 @@ ui-stop:
 	done
 
 # the deployments (flows/deploy.py): runs started from the UI execute here, one at a time
-serve: $(STAMP)
+# the deployments: one name a concept (deploy: Prefect deployments; serve: a model over HTTP, lgg-serve;
+# server: the Prefect server). `make serve` was this target's name until 2026-12; it says so for a release.
+deploy: $(STAMP)
 	$(BIN)/python -m flows.deploy
+
+serve:
+	@echo "make serve is now make deploy (it serves the Prefect deployments; lgg-serve serves a model)"; exit 2
 
 # --- the GPU check (benchmarks/README.md, "GPU check"): every GPU figure in one run that stops itself
 # inside 420 s, on the GPU machine's own torch (no install step: it would pull torch). Rehearse it on a

@@ -43,9 +43,9 @@ GOAL_100_EPOCHS_S = 300.0
 
 def prepare_patient(index: int, seed: int, min_slices: int, max_slices: int, raw_size: int, size: int):
     """One phantom patient: (images (S, 3, size, size) float16, masks (S, 1, size, size) uint8)."""
-    from unet.download.phantom import render_volume
-    from unet.download.synthetic import patient_spec
     from unet.preprocess import preprocess_volume
+    from unet.synthetic.generate import patient_spec
+    from unet.synthetic.phantom import render_volume
 
     spec = patient_spec(seed, index, min_slices, max_slices)
     images, masks = render_volume(spec, raw_size)
@@ -57,7 +57,7 @@ def prepare_patient(index: int, seed: int, min_slices: int, max_slices: int, raw
 def build_set(patients: int, size: int, workers: int, *, seed: int = 0, min_slices: int = 20, max_slices: int = 88,
               raw_size: int = 256):
     """Every patient prepared, in ``workers`` processes (spawned: torch may already hold threads)."""
-    from unet.download.synthetic import lgg_patient_names
+    from unet.synthetic.generate import lgg_patient_names
 
     names = lgg_patient_names(patients)
     args = [(i, seed, min_slices, max_slices, raw_size, size) for i in range(patients)]

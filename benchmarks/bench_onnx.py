@@ -4,7 +4,7 @@
 
 One synthetic patient (``--slices`` slices of ``--size`` px in the Kaggle layout), preprocessed by
 ``Segmenter.prepare``, and the full-size reference net (32 features, untrained: speed does not
-depend on the weights) exported by ``unet.export.export_onnx`` (dynamic batch and size). Timed,
+depend on the weights) exported by ``unet.export.graphs.export_onnx`` (dynamic batch and size). Timed,
 best of ``--repeats`` interleaved rounds, on the CPU:
 
 * eager PyTorch the Segmenter's own way (``predict_prepared``: channels_last, batches of
@@ -30,14 +30,13 @@ import onnxruntime as ort
 import torch
 
 from unet.device import cpu_has_bf16
-from unet.download.synthetic import write_synthetic_dataset
-from unet.export import export_onnx
-from unet.export.export import INPUT_NAME, OUTPUT_NAME
+from unet.export.graphs import INPUT_NAME, OUTPUT_NAME, export_onnx
 from unet.models.checkpoint import save_checkpoint
 from unet.models.forward import predict_probabilities
 from unet.models.unet import build_model
 from unet.predict.scan import read_scan
 from unet.predict.segmenter import CPU_BATCH, Segmenter, predict_prepared
+from unet.synthetic.generate import write_synthetic_dataset
 
 
 def setup(root: Path, slices: int, size: int, features: int) -> tuple[Path, Path]:

@@ -30,9 +30,9 @@ from bench_weightmap import weight_map_baseline  # noqa: E402
 
 from unet.augment.stage import augment_patient  # noqa: E402
 from unet.config import PrepareConfig, SplitConfig  # noqa: E402
-from unet.download.synthetic import write_synthetic_dataset  # noqa: E402
 from unet.io.layout import load_patient_arrays  # noqa: E402
 from unet.prepare.stage import prepare_dataset  # noqa: E402
+from unet.synthetic.generate import write_synthetic_dataset  # noqa: E402
 from unet.transforms.elastic import random_displacement  # noqa: E402
 from unet.units import scale_px  # noqa: E402
 from unet.weightmaps.stage import class_weights, patient_weight_maps  # noqa: E402

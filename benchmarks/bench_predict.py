@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from unet.device import cpu_has_bf16
-from unet.download.synthetic import write_synthetic_dataset
 from unet.metrics import most_tumour_slices, postprocess
 from unet.models.checkpoint import save_checkpoint
 from unet.models.unet import build_model
@@ -46,6 +45,7 @@ from unet.predict.cli import N_OVERLAYS, PredictOptions, load_segmenter, predict
 from unet.predict.scan import read_scan
 from unet.predict.segmenter import Segmenter, predict_prepared
 from unet.preprocess import to_original
+from unet.synthetic.generate import write_synthetic_dataset
 
 GOAL_S = 5.0  # on two CPU cores
 GPU_GOAL_S = 1.0  # with the network on a GPU

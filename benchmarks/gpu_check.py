@@ -208,7 +208,7 @@ def probe(out: Path) -> None:
     import importlib
 
     modules = ["unet.config", "unet.train.loop", "unet.train.stage", "unet.train.loader", "unet.predict.cli",
-               "unet.transforms.batch", "unet.transforms.elastic", "unet.download.synthetic", "unet.io.nifti",
+               "unet.transforms.batch", "unet.transforms.elastic", "unet.synthetic.generate", "unet.io.nifti",
                "skimage.transform", "tifffile", "pyarrow", "pytest"]
     versions = {}
     for name in modules:

@@ -79,12 +79,12 @@ import torch  # noqa: E402
 
 from unet.augment.stage import augment_patient, training_patients  # noqa: E402
 from unet.config import PipelineConfig, parse_config  # noqa: E402
-from unet.download.synthetic import write_synthetic_dataset  # noqa: E402
 from unet.evaluate.scores import evaluate_patient  # noqa: E402
 from unet.io.kaggle import FLAIR  # noqa: E402
 from unet.io.layout import read_manifest  # noqa: E402
 from unet.predict.segmenter import Segmenter  # noqa: E402
 from unet.prepare.stage import prepare_dataset  # noqa: E402
+from unet.synthetic.generate import write_synthetic_dataset  # noqa: E402
 from unet.train.data import SliceArrays  # noqa: E402
 from unet.train.stage import load_training_data, train  # noqa: E402
 from unet.units import scale_px  # noqa: E402
@@ -102,7 +102,7 @@ DEMO_PARAMS: dict = {
                 "workers": 1,
                 # 16 patients: round(0.25 * 16) = 4 test, then round(0.1875 / 0.75 * 12) = 3 validation
                 "split": {"method": "random", "val_fraction": 0.1875, "test_fraction": 0.25, "seed": 42}},
-    "weightmap": {"w0": 10.0, "sigma": 5.0, "class_balance": "inverse_frequency"},
+    "weightmaps": {"w0": 10.0, "sigma": 5.0, "class_balance": "inverse_frequency"},
     "augment": {"copies": 2, "grid": 3, "sigma": 10.0, "image_mode": "bicubic", "seed": 0},
     "model": {"variant": "reference", "features": None, "depth": 4, "dropout": 0.5},
     "train": {
@@ -149,15 +149,15 @@ def data_spec(args: argparse.Namespace) -> dict:
     return {"synthetic": {"n_patients": args.patients, "min_slices": args.min_slices,
                           "max_slices": args.max_slices, "image_size": 256, "seed": args.synthetic_seed,
                           "anatomy": "mni152"},
-            "prepare": DEMO_PARAMS["prepare"], "weightmap": DEMO_PARAMS["weightmap"],
+            "prepare": DEMO_PARAMS["prepare"], "weightmaps": DEMO_PARAMS["weightmaps"],
             "augment": DEMO_PARAMS["augment"]}
 
 
 def stage_sections(work: Path) -> dict:
     """The data-side sections of the study's config, with the work folder's paths."""
-    sections = copy.deepcopy({k: DEMO_PARAMS[k] for k in ("prepare", "weightmap", "augment", "model", "evaluate")})
+    sections = copy.deepcopy({k: DEMO_PARAMS[k] for k in ("prepare", "weightmaps", "augment", "model", "evaluate")})
     sections["prepare"]["out_dir"] = str(work / "prepared")
-    sections["weightmap"]["out_dir"] = str(work / "weightmaps")
+    sections["weightmaps"]["out_dir"] = str(work / "weightmaps")
     sections["augment"]["out_dir"] = str(work / "augmented")
     return sections
 
@@ -183,10 +183,10 @@ def build_set(args: argparse.Namespace, work: Path, copies: bool) -> dict[str, f
     times["prepare_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    weights = class_weights(manifest, config.weightmap.class_balance)
-    sigma = scale_px(config.weightmap.sigma, config.prepare.image_size)
+    weights = class_weights(manifest, config.weightmaps.class_balance)
+    sigma = scale_px(config.weightmaps.sigma, config.prepare.image_size)
     for folder in sorted(manifest["array_dir"].unique()):
-        patient_weight_maps(config.prepare.out_dir, folder, config.weightmap.out_dir, w0=config.weightmap.w0,
+        patient_weight_maps(config.prepare.out_dir, folder, config.weightmaps.out_dir, w0=config.weightmaps.w0,
                             sigma=sigma, weights=weights)
     times["weightmaps_s"] = time.perf_counter() - started
 
@@ -194,7 +194,7 @@ def build_set(args: argparse.Namespace, work: Path, copies: bool) -> dict[str, f
     if copies and config.augment.copies:
         aug = config.augment
         for folder in training_patients(manifest, config):
-            augment_patient(config.prepare.out_dir, config.weightmap.out_dir, folder, aug.out_dir,
+            augment_patient(config.prepare.out_dir, config.weightmaps.out_dir, folder, aug.out_dir,
                             copies=aug.copies, grid=aug.grid, sigma=scale_px(aug.sigma, config.prepare.image_size),
                             seed=aug.seed, image_mode=aug.image_mode)
     times["augment_s"] = time.perf_counter() - started
@@ -224,7 +224,7 @@ def check_split(work: Path) -> dict[str, list[str]]:
 def missing_sequence_copies(config: PipelineConfig) -> tuple[SliceArrays, SliceArrays]:
     """The training data with the first elastic copy of every training patient missing a sequence.
 
-    In the Kaggle set (and the synthetic one, ``unet.download.anatomy``) a missing pre- or
+    In the Kaggle set (and the synthetic one, ``unet.synthetic.anatomy``) a missing pre- or
     post-contrast sequence is filled with FLAIR. Per-channel z-scoring after a pooled clip makes
     the prepared channel then (nearly) equal to the prepared FLAIR, so copying FLAIR into it
     simulates the missing sequence; which one (pre or post) is drawn per patient. A third of the

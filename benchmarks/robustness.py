@@ -14,7 +14,7 @@ training seed (``train.seed``), augment seed (``augment.seed``) and precision:
   bf16 natively, as the development machine's AVX512-BF16 does; elsewhere it is fp32 again and says so).
 
 Each run is the pipeline's own library code on the demo's data (params.yaml's ``data``, ``prepare``,
-``weightmap`` sections, with ``--set``'s values; the stages' functions, no Prefect or MLflow): the
+``weightmaps`` sections, with ``--set``'s values; the stages' functions, no Prefect or MLflow): the
 augment stage (``unet.augment.stage.run``) in the run's precision, since its bytes differ across CPUs; the train
 stage (``unet.train.stage.train``); the test and validation patients scored as the evaluate stage
 scores them (``Segmenter`` through ``evaluate_part``: per-volume DSC at the original 256 px grid);
@@ -89,7 +89,7 @@ def recipe_overrides(name: str, params: dict) -> dict[str, object]:
     raise SystemExit(f"unknown recipe {name!r}: use demo or long")
 
 
-DATA_SECTIONS = ("data", "prepare", "weightmap")  # made once a grid: the same bytes on every CPU
+DATA_SECTIONS = ("data", "prepare", "weightmaps")  # made once a grid: the same bytes on every CPU
 
 
 def key_of(value) -> str:
@@ -114,7 +114,7 @@ def base_dir(work: Path, raw: dict) -> Path:
 def with_base(work: Path, raw: dict) -> dict:
     base = base_dir(work, raw)
     for key, value in {"data.raw_dir": base / "raw", "prepare.out_dir": base / "prepared", "prepare.nifti": False,
-                       "weightmap.out_dir": base / "weightmaps", "weightmap.figure": base / "weightmaps.png"}.items():
+                       "weightmaps.out_dir": base / "weightmaps", "weightmaps.figure": base / "weightmaps.png"}.items():
         set_key(raw, key, value if isinstance(value, bool) else str(value))
     return raw
 
@@ -153,8 +153,8 @@ def run_id(spec: dict) -> str:
 def build_base(work: Path, sets: dict) -> None:
     """Raw set, prepared arrays and weight maps (the same bytes on every CPU); reused when present."""
     from unet.config import parse_config
-    from unet.download.synthetic import write_synthetic_dataset
     from unet.prepare.stage import prepare_dataset
+    from unet.synthetic.generate import write_synthetic_dataset
     from unet.weightmaps import stage as weightmaps
 
     raw = with_base(work, params_with(sets))

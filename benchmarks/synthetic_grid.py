@@ -1,4 +1,4 @@
-"""A look at the MNI152-anatomy synthetic patients (unet.download.anatomy), and their render time.
+"""A look at the MNI152-anatomy synthetic patients (unet.synthetic.anatomy), and their render time.
 
     python benchmarks/synthetic_grid.py [--seed 0] [--patients 0 1 2 3] [--size 256]
                                         [--out reports/synthetic_grid.png] [--time 10]
@@ -9,7 +9,7 @@ three channels (pre-contrast, FLAIR, post-contrast) and the mask on its tumour s
 the slice, the drawn lesion volume, the margin irregularity and a missing sequence.
 
 --time N renders patients 0..N-1 of --seed at --size with the real set's 20..88 slices, once for
-the anatomy and once for the phantom (unet.download.phantom, the baseline), and prints wall and
+the anatomy and once for the phantom (unet.synthetic.phantom, the baseline), and prints wall and
 CPU time a patient and a slice, and both extrapolated to the 110 patients of a full set (their
 slice counts summed; the template's one-off load added).
 """
@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unet.download import anatomy, phantom, synthetic  # noqa: E402
+from unet.synthetic import anatomy, phantom  # noqa: E402
+from unet.synthetic import generate as synthetic  # noqa: E402
 
 CHANNELS = ("pre-contrast", "FLAIR", "post-contrast")
 
@@ -87,7 +88,7 @@ def draw(seed: int, patients: list[int], size: int, out: Path) -> None:
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"unet.download.anatomy: MNI152 2009a anatomy, seed {seed}, {size} px (FLAIR, mask in red)",
+    fig.suptitle(f"unet.synthetic.anatomy: MNI152 2009a anatomy, seed {seed}, {size} px (FLAIR, mask in red)",
                  color="white", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
-"""Serve the pipeline's deployments, so runs start from the Prefect UI (``make serve``).
+"""Serve the pipeline's deployments, so runs start from the Prefect UI (``make deploy``).
 
     make ui          # a Prefect server on :4200 and an MLflow server on :5000
-    make serve       # this: registers the deployments and runs what the UI starts
+    make deploy       # this: registers the deployments and runs what the UI starts
 
 Each deployment runs ``flows.pipeline.pipeline_flow`` (``dvc exp run --temp`` in this repository:
 the workspace stays as it is; ``dvc exp apply NAME`` brings a run in) with its own defaults; every

@@ -15,13 +15,13 @@ from unet.weightmaps.stage import describe
 def weightmaps_flow(config: PipelineConfig) -> dict:
     summary = weightmap_tasks.all_patients(config)
     print(describe(summary))
-    weightmap_tasks.publish_report(summary, config.weightmap.figure)
+    weightmap_tasks.publish_report(summary, config.weightmaps.figure)
     return summary
 
 
 def run(config: PipelineConfig) -> dict:
-    params = config.weightmap
-    runner = task_runner(params.task_runner, params.workers, "weightmap.task_runner")
+    params = config.weightmaps
+    runner = task_runner(params.task_runner, params.workers, "weightmaps.task_runner")
     return weightmaps_flow.with_options(task_runner=runner)(config)
 
 

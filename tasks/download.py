@@ -8,7 +8,8 @@ from prefect.tasks import exponential_backoff
 
 from tasks.common import stage_task
 from unet.config import DataConfig
-from unet.download import sources, synthetic
+from unet.download import sources
+from unet.synthetic import generate as synthetic
 
 
 def _network_fault(task, task_run, state) -> bool:

@@ -2,7 +2,7 @@
 
 Without ``PREFECT_API_URL`` every Prefect process starts a temporary server of its own: 8-20 s a
 stage, and on a busy machine it misses Prefect's start-up limit and the stage dies. Instead the
-stages, the pipeline flow, ``make serve`` and the tests share one server a project, whose files
+stages, the pipeline flow, ``make deploy`` and the tests share one server a project, whose files
 live in the project's Prefect home (``<project>/.prefect/``, or ``PREFECT_HOME`` when set):
 
     server.json     pid (of the supervisor, ``python -m flows.server run``: ``tasks.server_supervisor``),
@@ -12,7 +12,7 @@ live in the project's Prefect home (``<project>/.prefect/``, or ``PREFECT_HOME``
     server.log      what the server printed
     auth            the server's auth string (user:token, mode 0600): ``make ui`` makes a random one
                     and prints it once; every server of this home then asks for it, and the stages,
-                    ``make serve`` and the workers they start send it (``reporting``)
+                    ``make deploy`` and the workers they start send it (``reporting``)
     clients/<pid>   one file a process using the server; the supervisor stops the server when no
                     client is left and none came for ``idle_minutes`` (never while ``server.keep``
                     exists: ``make ui``)

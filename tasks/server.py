@@ -8,7 +8,7 @@ start a run. Its API accepts cross-origin requests from its own UI only
 (``PREFECT_SERVER_CSRF_PROTECTION_ENABLED``). With an auth string it asks every client for it
 (Prefect's basic auth; the UI asks once per browser): ``PREFECT_API_AUTH_STRING=user:password`` in
 the shell, else the project home's ``auth`` file, which ``make ui`` creates with a random string
-(0600, printed once). The stages, ``make serve`` and the workers they start send the same string.
+(0600, printed once). The stages, ``make deploy`` and the workers they start send the same string.
 Without one, any local user of the machine can reach the API and start the served deployments,
 whose parameters are checked against the typed config and can name no folder, store or command
 (``tasks.experiment``).
@@ -143,7 +143,7 @@ def answers(url: str, timeout: float = 5.0) -> str | None:
 
 
 def check_server(api_url: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """The API must be a server that stays up: runs started from its UI are what ``make serve`` runs."""
+    """The API must be a server that stays up: runs started from its UI are what ``make deploy`` runs."""
     if not api_url:
         raise EnvironmentMismatch("PREFECT_API_URL is not set: start a server (make ui) and "
                                   "export PREFECT_API_URL=http://127.0.0.1:4200/api")

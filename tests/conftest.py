@@ -91,7 +91,7 @@ def tiny_stage_params(root: Path, *, metrics_dir: str = "metrics", overlay_patie
         "data": {"raw_dir": str(root / "raw")},
         "prepare": {"image_size": 32, "out_dir": str(root / "prepared"), "nifti": False,
                     "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 1}},
-        "weightmap": {"out_dir": str(root / "weightmaps")},
+        "weightmaps": {"out_dir": str(root / "weightmaps")},
         "augment": {"copies": 1, "out_dir": str(root / "augmented"), "preview": str(root / "grid.png")},
         "model": {"variant": "reference", "features": 4, "depth": 2},
         "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "device": "cpu", "lr": 1e-3,

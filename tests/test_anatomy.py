@@ -15,9 +15,9 @@ from scipy import ndimage as ndi
 
 pytest.importorskip("nilearn", reason="anatomy 'mni152' needs nilearn's bundled template")
 
-from unet.download import anatomy  # noqa: E402
-from unet.download.anatomy import FLAIR, POST, PRE, TISSUE_LABELS, patient_spec, render_patient, render_volume  # noqa: E402
 from unet.errors import InputError  # noqa: E402
+from unet.synthetic import anatomy  # noqa: E402
+from unet.synthetic.anatomy import FLAIR, POST, PRE, TISSUE_LABELS, patient_spec, render_patient, render_volume  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BRAIN = [TISSUE_LABELS[name] for name in ("csf", "gm", "wm", "other")]
@@ -179,7 +179,7 @@ def test_the_synthetic_source_plants_margin_irregularity_by_rnaseq_cluster(tmp_p
     """RNASeqCluster sets the lesion margin's irregularity on the anatomical set; nothing else does."""
     import csv
 
-    from unet.download.synthetic import (
+    from unet.synthetic.generate import (
         PLANTED,
         clinical_rows,
         lgg_patient_names,

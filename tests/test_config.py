@@ -25,7 +25,7 @@ def test_defaults_are_the_reference_values():
     config = PipelineConfig()
     assert config.prepare.image_size == 256
     assert config.data.raw_root == Path("data/raw/kaggle_3m")
-    assert (config.weightmap.w0, config.weightmap.sigma) == (10.0, 5.0)
+    assert (config.weightmaps.w0, config.weightmaps.sigma) == (10.0, 5.0)
     assert (config.augment.grid, config.augment.sigma) == (3, 10.0)
     assert (config.train.lr, config.train.batch_size) == (1e-4, 16)
 
@@ -43,7 +43,7 @@ def test_defaults_are_the_reference_values():
         ({"prepare": {"split": {"val_fraction": 0.6, "test_fraction": 0.5}}}, "prepare.split", "below 1"),
         ({"prepare": {"split": {"method": "slices"}}}, "prepare.split.method", "'random', 'reference' or 'kfold'"),
         ({"prepare": {"split": {"folds": 3, "fold": 3}}}, "prepare.split", "0..2"),
-        ({"weightmap": {"sigma": 0}}, "weightmap.sigma", "greater than 0"),
+        ({"weightmaps": {"sigma": 0}}, "weightmaps.sigma", "greater than 0"),
         ({"augment": {"grid": 1}}, "augment.grid", "greater than or equal to 2"),
         ({"augment": {"copies": -1}}, "augment.copies", "greater than or equal to 0"),
         ({"train": {"device": "tpu"}}, "train.device", "'auto', 'cuda' or 'cpu'"),
@@ -84,3 +84,14 @@ def test_archive_source_accepts_an_existing_path(tmp_path):
     archive.write_bytes(b"PK")
     config = parse_config({"data": {"source": "archive", "path": str(archive)}})
     assert config.data.path == archive
+
+
+def test_a_renamed_section_reads_for_a_release_and_says_its_new_name(caplog):
+    """``weightmap`` became ``weightmaps`` (the stage's and the package's name): a params file with the old
+    name still parses, with a warning naming the new one; with both names it is refused."""
+    with caplog.at_level("WARNING", logger="unet.config"):
+        config = parse_config({"weightmap": {"sigma": 3.0}})
+    assert config.weightmaps.sigma == 3.0
+    assert "the section 'weightmap' is now 'weightmaps'" in caplog.text
+    with pytest.raises(ConfigError, match="both 'weightmap' and 'weightmaps'"):
+        parse_config({"weightmap": {"sigma": 3.0}, "weightmaps": {"sigma": 4.0}})

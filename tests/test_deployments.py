@@ -204,7 +204,7 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runner(repo, prefect_api):
-    """``python -m flows.deploy`` in the repo, as ``make serve`` starts it, polling every second."""
+    """``python -m flows.deploy`` in the repo, as ``make deploy`` starts it, polling every second."""
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "PREFECT_LOGGING_LEVEL": "INFO",  # the session's WARNING would keep DVC's lines from the run's logs
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -20,8 +20,9 @@ from unet.errors import InputError  # noqa: E402
 from unet.models.checkpoint import save_checkpoint  # noqa: E402
 from unet.models.unet import build_model  # noqa: E402
 from unet.predict.dicom import DicomScan, classify, is_dicom_folder, list_series, read_dicom_folder  # noqa: E402
-from unet.predict.scan import scale_to_uint8, write_mask  # noqa: E402
+from unet.predict.scan import write_mask  # noqa: E402
 from unet.predict.segmenter import Segmenter  # noqa: E402
+from unet.predict.volume import scale_to_uint8  # noqa: E402
 
 N, SIZE = 8, 32
 ROW_SPACING, COL_SPACING, SLICE_GAP = 0.9, 0.7, 3.0

@@ -14,17 +14,11 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
+from unet.cards.model import read_checkpoint_meta, read_metrics, write_model_card  # noqa: E402
 from unet.errors import InputError  # noqa: E402
-from unet.export import (  # noqa: E402
-    ProbabilityNet,
-    check_export,
-    export_onnx,
-    export_torchscript,
-    read_checkpoint_meta,
-    read_metrics,
-    write_model_card,
-)
-from unet.export.export import METADATA_KEY, main  # noqa: E402
+from unet.export.check import check_export  # noqa: E402
+from unet.export.cli import main  # noqa: E402
+from unet.export.graphs import METADATA_KEY, ProbabilityNet, export_onnx, export_torchscript  # noqa: E402
 from unet.models.checkpoint import model_from_checkpoint, save_checkpoint  # noqa: E402
 from unet.models.unet import build_model  # noqa: E402
 

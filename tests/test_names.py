@@ -25,7 +25,7 @@ TEMPLATE = re.compile(r"\$\{([^}]+)\}")
 OUTPUTS = {
     "download": [CONFIG.data.raw_root],
     "prepare": [CONFIG.prepare.out_dir],
-    "weightmaps": [CONFIG.weightmap.out_dir, CONFIG.weightmap.figure],
+    "weightmaps": [CONFIG.weightmaps.out_dir, CONFIG.weightmaps.figure],
     "augment": [CONFIG.augment.out_dir, CONFIG.augment.preview],
     "train": [CONFIG.train.checkpoint_path, CONFIG.train.best_path,  # not run_path: a fact of the run, DVC's neither
               CONFIG.train.metrics_path, CONFIG.train.history_path, CONFIG.train.curve_path],
@@ -39,7 +39,7 @@ OUTPUTS = {
 }
 NAMES = sorted({path.name for paths in OUTPUTS.values() for path in paths if path.suffix}
                | {CONFIG.prepare.manifest_path.name, CONFIG.prepare.summary_path.name,
-                  CONFIG.weightmap.summary_path.name, CONFIG.augment.summary_path.name})
+                  CONFIG.weightmaps.summary_path.name, CONFIG.augment.summary_path.name})
 
 
 # (file, name): spelt there on purpose

@@ -15,13 +15,14 @@ import tifffile
 import torch
 from PIL import Image
 
-from unet.download.synthetic import write_synthetic_dataset
 from unet.metrics import most_tumour_slices
 from unet.models.checkpoint import save_checkpoint
 from unet.models.unet import build_model
 from unet.predict.cli import main
-from unet.predict.scan import overlay_image, read_scan, scale_to_uint8
+from unet.predict.scan import overlay_image, read_scan
 from unet.predict.segmenter import Segmenter
+from unet.predict.volume import scale_to_uint8
+from unet.synthetic.generate import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 META = {"preprocess": {"image_size": 32, "crop_threshold": 0.1, "clip_percentiles": [10, 99]}, "threshold": 0.5}

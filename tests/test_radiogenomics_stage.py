@@ -7,9 +7,9 @@ import json
 import pytest
 
 from unet.config import parse_config
-from unet.download.synthetic import PLANTED, write_synthetic_dataset
 from unet.prepare.stage import prepare_dataset
 from unet.radiogenomics import stage
+from unet.synthetic.generate import PLANTED, write_synthetic_dataset
 
 PATIENTS = 60
 

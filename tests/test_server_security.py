@@ -99,7 +99,7 @@ def test_make_ui_gives_the_server_a_random_auth_string_shown_once(servers):
 
 
 def test_the_projects_clients_send_the_auth_string(servers, monkeypatch):
-    """``reporting`` (every stage, the pipeline flow, ``make serve``) sends it, and so do its children."""
+    """``reporting`` (every stage, the pipeline flow, ``make deploy``) sends it, and so do its children."""
     _, _, secured, home, _ = servers
     from prefect.client.orchestration import get_client
 
@@ -156,7 +156,7 @@ def test_allowed_names_and_the_auth_file(tmp_path):
 
 
 def test_make_serve_registers_its_deployments_on_the_secured_server(servers, tmp_path):
-    """``make serve`` from a shell with neither PREFECT_API_URL nor the string: it finds both."""
+    """``make deploy`` from a shell with neither PREFECT_API_URL nor the string: it finds both."""
     _, _, secured, home, _ = servers
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings

@@ -12,9 +12,10 @@ import pytest
 import tifffile
 from scipy.ndimage import binary_dilation
 
-from unet.download import phantom, synthetic
-from unet.download.phantom import FLAIR, POST, PRE, render_volume
-from unet.download.synthetic import (
+from unet.prepare.raw import scan_raw
+from unet.synthetic import generate as synthetic
+from unet.synthetic import phantom
+from unet.synthetic.generate import (
     CLINICAL_COLUMNS,
     clinical_rows,
     lgg_patient_names,
@@ -22,7 +23,7 @@ from unet.download.synthetic import (
     patient_spec,
     write_synthetic_dataset,
 )
-from unet.prepare.raw import scan_raw
+from unet.synthetic.phantom import FLAIR, POST, PRE, render_volume
 
 SMALL = dict(n_patients=3, min_slices=6, max_slices=10, image_size=32)
 REAL_COLUMNS = [

@@ -266,7 +266,7 @@ def test_the_stage_picture_shows_the_border_term_at_256_px(tmp_path):
     import pandas as pd
     import tifffile
 
-    from unet.weightmaps.figure import pick_slices, weightmap_figure
+    from unet.weightmaps.figures import pick_slices, weightmap_figure
 
     mask = np.zeros((256, 256), np.uint8)
     mask[100:140, 60:120] = 255

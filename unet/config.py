@@ -13,14 +13,17 @@ place they are spelt in Python; ``dvc.yaml`` names the same files (a test checks
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from unet.errors import InputError
+
+log = logging.getLogger(__name__)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -408,12 +411,34 @@ class MlflowConfig(_Section):
     experiment: str = Field("lgg-unet", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _./-]*$")
 
 
+RENAMED_SECTIONS = {"weightmap": "weightmaps"}  # old -> new (2026-12): read for one release, with a warning
+
+
 class PipelineConfig(_Section):
     """Everything in params.yaml; each flow takes the sections it needs from this."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """A section under its old name still reads (one release), and says to rename it; under both
+        names it is refused (which one did the user mean?)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in RENAMED_SECTIONS.items():
+            if old in data and new in data:
+                raise ValueError(f"params.yaml has both '{old}' and '{new}': '{old}' is the old name of '{new}'; "
+                                 f"keep '{new}' alone")
+            if old in data:
+                log.warning("params.yaml: the section '%s' is now '%s' (as its stage and package are named); "
+                            "rename it: DVC's templates (dvc.yaml's ${%s.out_dir}) read the new name only",
+                            old, new, new)
+                data[new] = data.pop(old)
+        return data
+
     data: DataConfig = DataConfig()
     prepare: PrepareConfig = PrepareConfig()
-    weightmap: WeightmapConfig = WeightmapConfig()
+    weightmaps: WeightmapConfig = WeightmapConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -26,7 +26,7 @@ def _prepared(c: PipelineConfig) -> list[tuple[Path, str]]:
 
 
 def _weightmaps(c: PipelineConfig) -> list[tuple[Path, str]]:
-    return [*_prepared(c), (c.weightmap.summary_path, "weightmaps")]
+    return [*_prepared(c), (c.weightmaps.summary_path, "weightmaps")]
 
 
 def _copies(c: PipelineConfig) -> list[tuple[Path, str]]:

@@ -1,6 +1,6 @@
 """Lengths in params are pixels of a 256 px slice.
 
-``weightmap.sigma``, ``augment.sigma`` and ``train.augment.elastic_sigma`` are given for a 256 px
+``weightmaps.sigma``, ``augment.sigma`` and ``train.augment.elastic_sigma`` are given for a 256 px
 slice, the size of the Kaggle TIFFs and of the reference network's input; ``scale_px`` converts
 them to the prepared ``image_size``, so that switching sizes keeps their anatomy-relative meaning.
 """

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from unet.augment import preview
+from unet.augment import figures
 from unet.config import PipelineConfig
 from unet.fanout import Each, serial
 from unet.io.atomic import atomic_dir
@@ -105,13 +105,13 @@ def run(config: PipelineConfig, *, each: Each = serial) -> dict[str, Any]:
     params = config.augment
     manifest = read_manifest(config.prepare.manifest_path)
     with atomic_dir(params.out_dir) as staging:
-        work = functools.partial(augment_patient, config.prepare.out_dir, config.weightmap.out_dir, out_dir=staging,
+        work = functools.partial(augment_patient, config.prepare.out_dir, config.weightmaps.out_dir, out_dir=staging,
                                  copies=params.copies, grid=params.grid,
                                  sigma=scale_px(params.sigma, config.prepare.image_size), seed=params.seed,
                                  image_mode=params.image_mode)
         summary = summarise(config, each(work, training_patients(manifest, config)))
         write_summary(staging / params.summary_path.name, summary)
         if params.copies:
-            preview.preview(manifest, config, staging)
+            figures.preview(manifest, config, staging)
     return summary
 

@@ -51,8 +51,8 @@ MISSED_DSC = 0.1  # a patient under this was missed: the lesion not found, or no
 def data_digest(config: PipelineConfig) -> str:
     """The prepared data and weight maps as the folds see them (their manifest and summary)."""
     digest = hashlib.sha256(Path(config.prepare.manifest_path).read_bytes())
-    if config.weightmap.summary_path.is_file():
-        digest.update(config.weightmap.summary_path.read_bytes())
+    if config.weightmaps.summary_path.is_file():
+        digest.update(config.weightmaps.summary_path.read_bytes())
     return digest.hexdigest()[:16]
 
 

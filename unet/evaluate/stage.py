@@ -18,8 +18,8 @@ import pandas as pd
 
 from unet.config import PipelineConfig
 from unet.device import select_device
+from unet.evaluate.figures import per_patient_bars
 from unet.evaluate.overlay import overlay_figure
-from unet.evaluate.plots import per_patient_bars
 from unet.evaluate.scores import PatientResult, evaluate_patient, original_images, per_patient_table, split_metrics
 from unet.io import nifti
 from unet.io.atomic import atomic_dir, atomic_file

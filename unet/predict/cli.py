@@ -36,8 +36,9 @@ from unet.metrics import most_tumour_slices
 from unet.predict.ensemble import EnsembleSegmenter
 from unet.predict.models import load_model
 from unet.predict.registry import is_model_uri
-from unet.predict.scan import Scan, caption, read_scan, write_mask, write_overlay
+from unet.predict.scan import caption, read_scan, write_mask, write_overlay
 from unet.predict.segmenter import Segmenter
+from unet.predict.volume import Scan
 
 log = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ import numpy as np
 from scipy import ndimage
 
 from unet.errors import EnvironmentMismatch, InputError
-from unet.predict.scan import Scan, _as_uint8
+from unet.predict.volume import Scan, as_uint8
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +606,7 @@ def _build_scan(folder: Path, chosen: dict[str, Volume | None], flair: Volume, w
         pixels = _pixels(volume)
         if volume.resample_to is not None:
             pixels = resample_onto(volume, pixels, volume.resample_to)
-        channel, was_scaled = _as_uint8(pixels[..., None], f"{folder} {volume.series.label}")  # type: ignore[arg-type]
+        channel, was_scaled = as_uint8(pixels[..., None], f"{folder} {volume.series.label}")  # type: ignore[arg-type]
         channels.append(channel)
         scaled |= was_scaled
         info[role] = volume.series.info() if chosen[role] is not None else None

@@ -19,7 +19,6 @@ minimum to its maximum (``Scan.scaled`` says so). Every fault raises ``ValueErro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -29,38 +28,14 @@ from scipy import ndimage
 
 from unet.errors import InputError
 from unet.io.kaggle import FLAIR, parse_slice_name, read_tiff
-from unet.io.nifti import IDENTITY, nifti_to_stack, stack_to_nifti, write_volume
+from unet.io.nifti import nifti_to_stack, stack_to_nifti, write_volume
+from unet.predict.dicom import is_dicom_folder, read_dicom_folder
+from unet.predict.volume import Scan, as_uint8
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 OVERLAY_MIN_SIDE = 256  # small slices are enlarged (nearest) so that the outline stays thin
 RED = (255, 0, 0)
-
-
-@dataclass
-class Scan:
-    """One patient's slices and where they came from."""
-
-    images: np.ndarray  # (S, H, W, 3) uint8
-    kind: str  # kaggle-folder | nifti | nifti-channels | slice | dicom
-    sources: list[Path]
-    slice_numbers: list[int]  # as the files number them (Kaggle <n>), else 1..S
-    affine: np.ndarray = field(default_factory=lambda: IDENTITY.copy())
-    header: nib.Nifti1Header | None = None  # the NIfTI input's header, kept for the mask
-    scaled: bool = False  # intensities were not uint8 and were scaled to 0..255
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along (row, column, slice), NIfTI order; 1 mm when none is known."""
-        if self.header is None:
-            return (1.0, 1.0, 1.0)
-        return tuple(float(z) for z in self.header.get_zooms()[:3])  # type: ignore[return-value]
-
-    @property
-    def has_geometry(self) -> bool:
-        """Whether the input carries real geometry, not the identity default (so mL mean something)."""
-        return self.header is not None and not (
-            np.allclose(self.affine, IDENTITY) and np.allclose(self.spacing, 1.0))
 
 
 def read_scan(paths: list[Path], *, series: Mapping[str, str | int | None] | None = None,
@@ -73,7 +48,6 @@ def read_scan(paths: list[Path], *, series: Mapping[str, str | int | None] | Non
             raise InputError(f"{path}: input not found")
     series = {k: v for k, v in (series or {}).items() if v is not None}
     if len(paths) == 1 and paths[0].is_dir():
-        from unet.predict.dicom import is_dicom_folder, read_dicom_folder  # here: dicom.py imports this module
 
         if is_dicom_folder(paths[0]):
             return read_dicom_folder(paths[0], **series, resample=resample)
@@ -130,14 +104,14 @@ def read_kaggle_folder(folder: Path) -> Scan:
             raise InputError(f"{found[n]}: slice is {image.shape[0]}x{image.shape[1]} but "
                              f"{found[numbers[0]].name} is {slices[0].shape[0]}x{slices[0].shape[1]}; "
                              "a volume needs one slice size")
-    images, scaled = _as_uint8(np.stack(slices), folder)
+    images, scaled = as_uint8(np.stack(slices), folder)
     return Scan(images, "kaggle-folder", [folder], numbers, scaled=scaled)
 
 
 def read_slice(path: Path) -> Scan:
     """One RGB TIFF or PNG slice as a one-slice volume."""
     array = read_tiff(path) if path.suffix.lower() in (".tif", ".tiff") else _read_png(path)
-    images, scaled = _as_uint8(_rgb(array, path)[None], path)
+    images, scaled = as_uint8(_rgb(array, path)[None], path)
     return Scan(images, "slice", [path], [1], scaled=scaled)
 
 
@@ -149,7 +123,7 @@ def read_nifti(path: Path) -> Scan:
                 "(the FLAIR file three times when only FLAIR exists)") if data.ndim == 3 else ""
         raise InputError(f"{path}: expected a 4-D (height, width, slices, 3) volume with pre-contrast, FLAIR "
                          f"and post-contrast, got shape {data.shape}.{hint}")
-    stack, scaled = _as_uint8(nifti_to_stack(data), path)
+    stack, scaled = as_uint8(nifti_to_stack(data), path)
     return Scan(stack, "nifti", [path], list(range(1, stack.shape[0] + 1)), image.affine, image.header, scaled)
 
 
@@ -167,7 +141,7 @@ def read_nifti_channels(paths: list[Path]) -> Scan:
         if not np.allclose(image.affine, loaded[FLAIR][0].affine, atol=1e-3):
             raise InputError(f"{path}: affine differs from {paths[FLAIR]}'s; "
                              "the three sequences must be co-registered on one grid")
-    channels = [_as_uint8(nifti_to_stack(data)[..., None], path) for path, (_, data) in zip(paths, loaded)]
+    channels = [as_uint8(nifti_to_stack(data)[..., None], path) for path, (_, data) in zip(paths, loaded)]
     stack = np.concatenate([c for c, _ in channels], axis=-1)
     flair = loaded[FLAIR][0]
     return Scan(stack, "nifti-channels", paths, list(range(1, stack.shape[0] + 1)), flair.affine, flair.header,
@@ -207,24 +181,6 @@ def _rgb(array: np.ndarray, path: Path) -> np.ndarray:
         raise InputError(f"{path}: expected an RGB slice (height, width, 3) holding pre-contrast, FLAIR and "
                          f"post-contrast, got {array.dtype} {array.shape}")
     return array
-
-
-def _as_uint8(stack: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
-    if stack.dtype == np.uint8:
-        return np.ascontiguousarray(stack), False
-    if not np.isfinite(stack).all():
-        raise InputError(f"{path}: {int((~np.isfinite(stack)).sum())} voxels are NaN or infinite; "
-                         "replace them (e.g. with 0) first")
-    return scale_to_uint8(stack), True
-
-
-def scale_to_uint8(stack: np.ndarray) -> np.ndarray:
-    """(S, H, W, C) of any real type -> uint8, each channel from its volume minimum (0) to maximum (255)."""
-    values = stack.astype(np.float64)
-    low = values.min(axis=(0, 1, 2), keepdims=True)
-    span = values.max(axis=(0, 1, 2), keepdims=True) - low
-    scaled = (values - low) / np.where(span > 0, span, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
 
 
 def write_mask(path: Path, mask: np.ndarray, scan: Scan, *, description: str) -> Path:

@@ -25,7 +25,7 @@ from unet.io.kaggle import DATA_CSV, patient_id, read_mask
 from unet.io.layout import json_safe, read_manifest
 from unet.radiogenomics.clinical import CLUSTER_COLUMNS, PATIENT, read_clinical_csv
 from unet.radiogenomics.features import patient_features
-from unet.radiogenomics.figure import heatmap
+from unet.radiogenomics.figures import heatmap
 from unet.radiogenomics.stats import ALPHA, FEATURES, association_tests, feature_aucs
 
 log = logging.getLogger(__name__)

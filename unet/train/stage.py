@@ -25,9 +25,9 @@ from unet.models.unet import build_model
 from unet.preprocess import preprocess_metadata
 from unet.train import distributed
 from unet.train.data import SliceArrays, StageDirs, load_split
+from unet.train.figures import training_curve
 from unet.train.loader import CpuBatches, DeviceBatches, steps_per_epoch
 from unet.train.loop import check_resumable, fit, seed_everything, without_timing, write_history
-from unet.train.plots import training_curve
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 
@@ -52,7 +52,7 @@ def load_training_data(config: PipelineConfig, manifest: pd.DataFrame | None = N
     fold); by default the prepare stage's split.
     """
     manifest = read_manifest(config.prepare.manifest_path) if manifest is None else manifest
-    dirs = StageDirs(config.prepare.out_dir, config.weightmap.out_dir, config.augment.out_dir)
+    dirs = StageDirs(config.prepare.out_dir, config.weightmaps.out_dir, config.augment.out_dir)
     train = load_split(manifest, "train", dirs, copies=config.train.elastic_copies,
                        skip_edge=config.train.skip_edge_slices)
     return train, load_split(manifest, "val", dirs)

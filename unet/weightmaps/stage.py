@@ -1,8 +1,8 @@
 """The ``weightmaps`` stage's work: one U-Net weight map per prepared slice.
 
-Output under ``weightmap.out_dir``: each patient's maps at its ``array_dir`` (layout in
+Output under ``weightmaps.out_dir``: each patient's maps at its ``array_dir`` (layout in
 ``unet.io.layout``) and ``weightmaps.json`` (class weights used, w0 and sigma in pixels,
-statistics). ``weightmap.sigma`` is given in pixels of a 256 px slice (``unet.units``).
+statistics). ``weightmaps.sigma`` is given in pixels of a 256 px slice (``unet.units``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from unet.fanout import Each, serial
 from unet.io.atomic import atomic_dir
 from unet.io.layout import load_patient_arrays, read_manifest, write_summary, write_weight_maps
 from unet.units import scale_px
-from unet.weightmaps.figure import weightmap_figure
+from unet.weightmaps.figures import weightmap_figure
 from unet.weightmaps.weightmap import class_weights_from_counts, weight_maps
 
 
@@ -62,7 +62,7 @@ def patient_weight_maps(
 
 def summarise(config: PipelineConfig, weights: tuple[float, float], stats: list[dict[str, float]]) -> dict[str, Any]:
     """``weightmaps.json``: the class weights used, w0, sigma in pixels and the maps' statistics."""
-    params, slices = config.weightmap, sum(s["slices"] for s in stats)
+    params, slices = config.weightmaps, sum(s["slices"] for s in stats)
     return {
         "class_balance": params.class_balance,
         "class_weights": {"background": weights[0], "foreground": weights[1]},
@@ -85,7 +85,7 @@ def describe(summary: dict[str, Any]) -> str:
 def run(config: PipelineConfig, *, each: Each = serial) -> dict[str, Any]:
     """The stage: every patient's maps (one ``each`` item a patient) into a staging folder renamed
     into place whole, ``weightmaps.json``, and the figure; returns the summary."""
-    params = config.weightmap
+    params = config.weightmaps
     manifest = read_manifest(config.prepare.manifest_path)
     weights = class_weights(manifest, params.class_balance)
     with atomic_dir(params.out_dir) as staging:

@@ -3,8 +3,8 @@
 ``write_synthetic_dataset(dest)`` writes, for the first ``n_patients`` real LGG folder names,
 ``<folder>/<folder>_<n>.tif`` (RGB uint8: pre-contrast, FLAIR, post-contrast) and
 ``<folder>/<folder>_<n>_mask.tif`` (one channel, 0/255) for n = 1..slices, and a ``data.csv`` with
-the real file's 18 columns. The images come from ``unet.download.anatomy`` (``anatomy="mni152"``:
-patients on the MNI152 brain shipped with nilearn) or ``unet.download.phantom`` (``"phantom"``:
+the real file's 18 columns. The images come from ``unet.synthetic.anatomy`` (``anatomy="mni152"``:
+patients on the MNI152 brain shipped with nilearn) or ``unet.synthetic.phantom`` (``"phantom"``:
 ellipses, the fastest). Each patient draws from its own stream of ``seed``, so the first k
 patients are the same whatever ``n_patients`` is, and the same arguments give byte-identical files.
 
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unet.download import anatomy, phantom
-from unet.download.phantom import PhantomSpec, draw_spec, slice_count
 from unet.errors import InputError
 from unet.io.atomic import atomic_dir
+from unet.synthetic import anatomy, phantom
+from unet.synthetic.phantom import PhantomSpec, draw_spec, slice_count
 
 log = logging.getLogger(__name__)
 

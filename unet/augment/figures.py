@@ -66,10 +66,10 @@ def augmentation_grid(
 def preview_slices(manifest: pd.DataFrame, config: PipelineConfig, count: int = PREVIEW_SLICES) -> pd.DataFrame:
     """Training slices worth a look: most border-term pixels (touching objects), then largest tumour."""
     train = manifest[manifest["split"] == "train"].copy()
-    threshold = read_summary(config.weightmap.summary_path, "weightmaps")["border_threshold"]
+    threshold = read_summary(config.weightmaps.summary_path, "weightmaps")["border_threshold"]
     border = {}
     for array_dir in train["array_dir"].unique():
-        counts = (load_weight_maps(config.weightmap.out_dir, array_dir) > threshold).sum(axis=(1, 2))
+        counts = (load_weight_maps(config.weightmaps.out_dir, array_dir) > threshold).sum(axis=(1, 2))
         border.update({(array_dir, k): int(c) for k, c in enumerate(counts)})
     train["border"] = [border[(d, int(k))] for d, k in zip(train["array_dir"], train["index"])]
     return train.sort_values(["border", "tumour_area_prepared"], ascending=False).head(count)
@@ -83,7 +83,7 @@ def preview(manifest: pd.DataFrame, config: PipelineConfig, augmented: Path) -> 
     copies: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for array_dir, k in zip(chosen["array_dir"], chosen["index"].astype(int)):
         image, mask = load_patient_arrays(config.prepare.out_dir, array_dir)
-        weight = load_weight_maps(config.weightmap.out_dir, array_dir)
+        weight = load_weight_maps(config.weightmaps.out_dir, array_dir)
         for name, array, warped in zip(names, (image, mask, weight), load_copies(augmented, array_dir)):
             originals[name].append(array[k])
             copies[name].append(warped[0, k])

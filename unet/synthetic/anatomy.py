@@ -1,6 +1,6 @@
 """Synthetic patients on real brain anatomy: the MNI152 2009a template, posed, warped and imaged.
 
-The same contract as ``unet.download.phantom`` (``patient_spec(seed, index, min_slices,
+The same contract as ``unet.synthetic.phantom`` (``patient_spec(seed, index, min_slices,
 max_slices)`` draws a small ``AnatomySpec``; ``render_volume(spec, size)`` returns images (Z, size,
 size, 3) uint8 [pre-contrast, FLAIR, post-contrast] and masks (Z, size, size) uint8 0/255), so
 ``write_synthetic_dataset`` can render either. ``render_patient`` adds the irregularity hook and
@@ -20,7 +20,7 @@ A patient is a random pose (rotation, scale, shift) and a smooth warp (4x4x4 B-s
 displacements), evaluated with the bias field on a coarse grid (every ``NODE_PX`` pixels) and
 interpolated to each pixel that may hold the head; one trilinear gather a pixel then reads all eight
 maps at once (integer weights, 1/8 voxel in-plane, 1/4 through-plane). The maps are mixed into the
-three channels with the patient's contrasts, the lesion (``unet.download.lesions``) blended in,
+three channels with the patient's contrasts, the lesion (``unet.synthetic.lesions``) blended in,
 then a smooth bias field, Rician noise, gain and offset. Slices run inferior to superior over the
 brain's height (slice thickness = height / count), radiological orientation (anterior up, the
 patient's right on the image's left), ``FOV_MM`` across the image.
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from unet.download.lesions import LesionField, LesionSpec, bspline_matrix, draw_lesion, lesion_field, rotation
-from unet.download.phantom import FLAIR, POST, PRE, slice_count
 from unet.errors import EnvironmentMismatch, InputError
+from unet.synthetic.lesions import LesionField, LesionSpec, bspline_matrix, draw_lesion, lesion_field, rotation
+from unet.synthetic.phantom import FLAIR, POST, PRE, slice_count
 
 __all__ = ["AnatomySpec", "FOV_MM", "TISSUE_LABELS", "draw_spec", "load_template", "patient_spec",
            "render_patient", "render_volume", "template_files", "FLAIR", "POST", "PRE"]
@@ -268,7 +268,7 @@ def draw_spec(rng: np.random.Generator, n_slices: int, *, margin_irregularity: f
 
 def patient_spec(seed: int, index: int, min_slices: int = 20, max_slices: int = 88) -> AnatomySpec:
     """The ``index``-th patient (0-based) of a set written with ``seed``: its own stream
-    ``SeedSequence([seed, index, 0])``, as ``unet.download.synthetic`` draws phantoms."""
+    ``SeedSequence([seed, index, 0])``, as ``unet.synthetic.generate`` draws phantoms."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0]))
     return draw_spec(rng, slice_count(rng, min_slices, max_slices))
 
@@ -614,5 +614,5 @@ def render_patient(spec_or_seed: AnatomySpec | int | tuple[int, int], size: int 
 
 def render_volume(spec: AnatomySpec, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Images (Z, size, size, 3) uint8 [pre, FLAIR, post] and masks (Z, size, size) uint8 0/255:
-    the contract of ``unet.download.phantom.render_volume``."""
+    the contract of ``unet.synthetic.phantom.render_volume``."""
     return render_patient(spec, size)
