@@ -17,6 +17,7 @@ import sys
 from flows.pipeline import REPO, pipeline_flow
 from tasks import experiment, project_server
 from tasks.server import check_server
+from unet.config import load_config
 from unet.errors import InputError, UserError
 
 # name -> (description, default parameters)
@@ -44,10 +45,11 @@ def deployments(names: list[str] | None = None) -> list:
     unknown = sorted(set(names or []) - set(DEPLOYMENTS))
     if unknown:
         raise InputError(f"no deployment {', '.join(unknown)}; there are {', '.join(DEPLOYMENTS)}")
+    config = load_config(REPO / "params.yaml")  # the run form shows its values (a bad file: its own message)
     return [
-        experiment.refusing_unknown_parameters(pipeline_flow.to_deployment(
+        experiment.showing_current_values(experiment.refusing_unknown_parameters(pipeline_flow.to_deployment(
             name, description=description, parameters=parameters, tags=TAGS,
-            entrypoint_type=EntrypointType.MODULE_PATH, enforce_parameter_schema=True))
+            entrypoint_type=EntrypointType.MODULE_PATH, enforce_parameter_schema=True)), config)
         for name, (description, parameters) in DEPLOYMENTS.items() if not names or name in names
     ]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from tasks.nesting import PARENT_ENV, parent_env
-from tasks.overrides import collect_overrides, refuse_local_only, validate_overrides
+from tasks.overrides import TYPED, collect_overrides, refuse_local_only, validate_overrides
 from unet.config import ConfigError, PipelineConfig
 from unet.errors import UserError
 
@@ -93,6 +93,23 @@ def refusing_unknown_parameters(deployment):
 
     schema = deployment._parameter_openapi_schema.model_dump()  # set explicitly: apply() sends the fields set
     deployment._parameter_openapi_schema = ClosedParameters(**schema, additionalProperties=False)
+    return deployment
+
+
+def showing_current_values(deployment, config: PipelineConfig):
+    """``deployment`` whose run form says what each typed parameter is now: its description ends with
+    params.yaml's value (as the deployment was served), and its two choices are named: ``keep <value>``
+    (left empty: params.yaml decides at the run) and ``set`` (the field, a dropdown for a choice)."""
+    values = config.model_dump(mode="json")
+    properties = deployment._parameter_openapi_schema.properties
+    for name, key in TYPED.items():
+        now = values
+        for part in key.split("."):
+            now = now[part]
+        field = properties[name]
+        field["description"] = f"{field.get('description', key)}; params.yaml now: {now} (empty keeps it)"
+        for choice in field.get("anyOf", []):
+            choice["title"] = f"keep {now}" if choice.get("type") == "null" else "set"
     return deployment
 
 

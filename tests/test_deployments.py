@@ -178,6 +178,12 @@ def test_the_deployments_and_their_defaults():
     assert set(served) == set(DEPLOYMENTS) == {"dvc-experiment", "train-only"}
     assert served["train-only"].parameters == {"targets": ["train"]}
     assert served["dvc-experiment"].entrypoint == "flows.pipeline.pipeline_flow"
+    # the run form names its choices and says what params.yaml holds now (the UI shows both)
+    form = served["dvc-experiment"]._parameter_openapi_schema.properties
+    now = yaml.safe_load(PARAMS.read_text())
+    assert form["epochs"]["description"].endswith(f"params.yaml now: {now['train']['epochs']} (empty keeps it)")
+    assert [c["title"] for c in form["data_source"]["anyOf"]] == ["set", f"keep {now['data']['source']}"]
+    assert form["data_source"]["anyOf"][0]["enum"] == ["synthetic", "kaggle", "archive", "local"]  # a dropdown
     with pytest.raises(ValueError, match="no deployment nope"):
         deployments(["nope"])
 
