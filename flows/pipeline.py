@@ -39,7 +39,7 @@ def pipeline_flow(
     """Run the DVC pipeline as an experiment in a temporary copy; the workspace stays as it is.
 
     Args:
-        epochs: train.epochs; empty keeps params.yaml's value (as every typed parameter here)
+        epochs: train.epochs (each typed parameter left empty keeps params.yaml's value)
         lr: train.lr, the learning rate
         batch_size: train.batch_size
         image_size: prepare.image_size, the network's input size in px (a multiple of 16)

@@ -96,6 +96,11 @@ def refusing_unknown_parameters(deployment):
     return deployment
 
 
+# the run form's two choices of the untyped parameters: (given, left empty)
+FREE_CHOICES = {"overrides": ("set keys", "none"), "targets": ("these stages", "all stages"),
+                "experiment_name": ("name it", "DVC names it")}
+
+
 def showing_current_values(deployment, config: PipelineConfig):
     """``deployment`` whose run form says what each typed parameter is now: its description ends with
     params.yaml's value (as the deployment was served), and its two choices are named: ``keep <value>``
@@ -110,6 +115,9 @@ def showing_current_values(deployment, config: PipelineConfig):
         field["description"] = f"{field.get('description', key)}; params.yaml now: {now} (empty keeps it)"
         for choice in field.get("anyOf", []):
             choice["title"] = f"keep {now}" if choice.get("type") == "null" else "set"
+    for name, (given, empty) in FREE_CHOICES.items():  # the others: what leaving them empty does
+        for choice in properties[name].get("anyOf", []):
+            choice["title"] = empty if choice.get("type") == "null" else given
     return deployment
 
 

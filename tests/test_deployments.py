@@ -184,6 +184,7 @@ def test_the_deployments_and_their_defaults():
     assert form["epochs"]["description"].endswith(f"params.yaml now: {now['train']['epochs']} (empty keeps it)")
     assert [c["title"] for c in form["data_source"]["anyOf"]] == ["set", f"keep {now['data']['source']}"]
     assert form["data_source"]["anyOf"][0]["enum"] == ["synthetic", "kaggle", "archive", "local"]  # a dropdown
+    assert [c["title"] for c in form["targets"]["anyOf"]] == ["these stages", "all stages"]
     with pytest.raises(ValueError, match="no deployment nope"):
         deployments(["nope"])
 
