@@ -17,7 +17,7 @@ def augment_flow(config: PipelineConfig) -> dict:
     summary = augment_tasks.all_patients(config)
     print(describe(summary, config.prepare.image_size))
     augment_tasks.publish_report(summary, config.prepare.image_size,
-                                 config.augment.preview if config.augment.copies else None)
+                                 config.augment.preview)
     return summary
 
 

@@ -16,9 +16,9 @@ def all_patients(config: PipelineConfig) -> dict[str, Any]:
     return stage.run(config, each=each_task("elastic"))
 
 
-def publish_report(summary: dict[str, Any], image_size: int, preview: Path | None) -> None:
-    """The copies' table, and the preview picture when the stage made copies."""
+def publish_report(summary: dict[str, Any], image_size: int, preview: Path) -> None:
+    """The copies' table and the preview picture (the slices alone when there are no copies)."""
     report = augment_report(summary, image_size)
-    if preview is not None:
-        report += figure(preview, "Slices, their elastic copies and the warped masks")
+    caption = "Slices, their elastic copies and the warped masks" if summary["copies"] else "Slices and weight maps"
+    report += figure(preview, caption)
     publish("lgg-augment", report, description="elastic copies and the disk they take")

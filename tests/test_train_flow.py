@@ -164,3 +164,15 @@ def test_resuming_after_a_finished_run_opens_a_new_run_linked_to_it(stage_root, 
     assert second != first and client.get_run(second).data.tags["resumed_from"] == first
     assert client.get_run(first).info.status == "FINISHED" and client.get_run(second).info.status == "FINISHED"
     assert "model_uri" in json.loads((tmp_path / "models/mlflow_run.json").read_text())
+
+
+def test_no_elastic_copies_still_draws_the_stage_picture_dvc_declares(stage_root, tmp_path):
+    """``augment.copies: 0`` is allowed (training deforms on the fly): the stage still writes its picture,
+    the slices and their weight maps, since dvc.yaml declares it (a missing output failed the stage)."""
+    from flows import augment
+
+    params = params_for(stage_root)
+    params["augment"].update(copies=0, out_dir=str(tmp_path / "augmented"), preview=str(tmp_path / "grid.png"))
+    summary = augment.run(parse_config(params))
+    assert summary["copies"] == 0 and summary["bytes"] == 0
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
