@@ -198,13 +198,17 @@ def read_json(repo: Path, path: Path, ref: str | None = None) -> dict | None:
 
 
 def stage_metrics(repo: Path, config: PipelineConfig, ran: list[str], ref: str | None = None) -> dict[str, float]:
-    """The headline numbers of the train and evaluate stages, when they ran: the workspace's, or
+    """The headline numbers of the train, evaluate and cv stages, when they ran: the workspace's, or
     experiment ``ref``'s own."""
     found = {}
     if "train" in ran and (train := read_json(repo, config.train.metrics_path, ref)):
         found["best val DSC"] = train["best_val_dsc"]
     if "evaluate" in ran and (metrics := read_json(repo, config.evaluate.metrics_path, ref)):
         found[f"{metrics['split']} DSC mean"] = metrics["dsc_mean"]
+    if "cv" in ran and (cv := read_json(repo, config.cv.metrics_path, ref)) and cv.get("folds"):
+        found[f"CV DSC mean ({cv['folds']} folds, every patient out of fold)"] = cv["dsc_mean"]
+        if cv.get("failed_folds"):  # said, not left to the numbers: their ensemble is never champion
+            found["CV folds that did not learn"] = ", ".join(str(k) for k in cv["failed_folds"])
     return found
 
 

@@ -424,6 +424,68 @@ def test_the_ui_server_refuses_a_foreign_page_and_a_caller_without_credentials(l
     assert _post(api, {**auth, **csrf})[0] == 200  # the UI's and the clients' own way in still works
 
 
+def served_deployment(client, process, log: Path):
+    """The pipeline's deployment once the runner has registered it; None until then."""
+    from prefect.exceptions import ObjectNotFound
+
+    assert process.poll() is None, f"the runner exited:\n{log.read_text()[-4000:]}"
+    try:
+        return client.read_deployment_by_name("lgg-pipeline/dvc-experiment")
+    except ObjectNotFound:
+        return None
+
+
+def named_revisions(shown, name: str) -> list[dict]:
+    """The revisions called ``name`` anywhere in ``dvc exp show --json``'s nesting."""
+    if isinstance(shown, list):
+        return [rev for item in shown for rev in named_revisions(item, name)]
+    if not isinstance(shown, dict):
+        return []
+    found = [shown] if shown.get("name") == name and "data" in shown else []
+    return found + [rev for key in ("experiments", "revs") for rev in named_revisions(shown.get(key) or [], name)]
+
+
+def test_a_ui_run_reports_its_own_scores_and_says_a_fold_that_did_not_learn(repo, runner, prefect_api):
+    """Issue 23, points 1 and 3, as a user meets them: a run started on the served deployment reports the
+    experiment's scores (equal to ``dvc exp show``'s for it), not the workspace's (planted here at 0.999),
+    and its cross-validation, whose 2-step folds cannot learn, says so in both reports."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    process, log = runner
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    planted = {"metrics/train.json": {"best_val_dsc": 0.999}, "metrics/eval.json": {"split": "test", "dsc_mean": 0.999},
+               "metrics/cv.json": {"folds": 2, "dsc_mean": 0.999, "failed_folds": []}}
+    for path, content in planted.items():  # the workspace's scores, committed: what a wrong report would show
+        (repo / path).parent.mkdir(exist_ok=True)
+        (repo / path).write_text(json.dumps(content))
+    subprocess.run([*git, "add", "-f", "metrics"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "the workspace's scores"], cwd=repo, check=True)
+    started = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        served = wait_for(lambda: served_deployment(client, process, log), 60,
+                          "no deployment lgg-pipeline/dvc-experiment", log)
+        flow_run = client.create_flow_run_from_deployment(served.id, parameters={
+            "image_size": 16, "epochs": 1, "targets": ["evaluate", "cv"], "experiment_name": "scores-of-its-own",
+            "overrides": {"augment.copies": "0", "model.features": "4", "model.depth": "2", "train.batch_size": "4",
+                          "train.steps_per_epoch": "2", "cv.folds": "2", "cv.epochs": "1",
+                          "evaluate.overlay_patients": "1"}})
+        final = wait_for(lambda: (r := client.read_flow_run(flow_run.id)) and (r if r.state.is_final() else None),
+                         480, "the flow run did not finish", log)
+        assert final.state.is_completed(), f"{final.state.message}\n{log.read_text()[-4000:]}"
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lgg-pipeline",
+                                                                                                  "lgg-cv"])))
+        reports = {a.key: a.data for a in sorted(found, key=lambda a: a.created) if a.created >= started}
+    (row,) = named_revisions(json.loads(dvc(repo, "exp", "show", "--json")), "scores-of-its-own")
+    shown = {path.split("/")[-1]: data["data"] for path, data in row["data"]["metrics"].items() if "data" in data}
+    report = reports["lgg-pipeline"]
+    assert "Scores of this run (experiment scores-of-its-own, refs/exps/" in report and "0.999" not in report
+    for figure in (shown["train.json"]["best_val_dsc"], shown["eval.json"]["dsc_mean"], shown["cv.json"]["dsc_mean"]):
+        assert f"| {figure:.4g}" in report or f"| {figure}" in report, (figure, report)
+    assert "| CV folds that did not learn |" in report, report  # 2 steps a fold: none learns
+    assert "did not learn" in reports["lgg-cv"] and "not made champion" in reports["lgg-cv"]
+
+
 def test_the_served_deployment_refuses_a_parameter_it_does_not_know(repo, runner, prefect_api):
     from prefect.client.orchestration import get_client
 
