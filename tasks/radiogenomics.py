@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from mlflow import MlflowClient
@@ -11,11 +12,13 @@ from tasks.radiogenomics_report import radiogenomics_report
 from tasks.reports import figure, publish
 from tasks.tracking import log_metrics, use_experiment
 from unet.config import PipelineConfig
+from unet.io.atomic import atomic_file
 
 
 @stage_task(name="log-radiogenomics")
 def log_study(config: PipelineConfig, result: dict[str, Any]) -> str:
-    """One MLflow run (tag stage=radiogenomics): every test's p-value as a metric, the files."""
+    """One MLflow run (tag stage=radiogenomics): every test's p-value as a metric, the files; then the
+    stage's receipt (``radiogenomics.receipt_path``)."""
     experiment_id = use_experiment(config.mlflow)
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name="radiogenomics",
@@ -28,6 +31,8 @@ def log_study(config: PipelineConfig, result: dict[str, Any]) -> str:
         if path.is_file():
             client.log_artifact(run_id, str(path), "radiogenomics")
     client.set_terminated(run_id)
+    with atomic_file(rg.receipt_path, "w") as handle:  # the same bytes each time: what was logged, not its id
+        json.dump({"experiment": config.mlflow.experiment, "tests": len(result["tests"])}, handle, indent=2)
     return run_id
 
 

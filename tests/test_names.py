@@ -34,7 +34,7 @@ OUTPUTS = {
     "check": [CONFIG.checked_path],
     "cv": [CONFIG.cv.out_dir, CONFIG.cv.metrics_path, CONFIG.cv.per_patient_path],
     "radiogenomics": [CONFIG.radiogenomics.metrics_path, CONFIG.radiogenomics.features_path,
-                      CONFIG.radiogenomics.figure],
+                      CONFIG.radiogenomics.figure, CONFIG.radiogenomics.receipt_path],
     "register": [CONFIG.registry.record_path, CONFIG.registry.receipt_path],
 }
 NAMES = sorted({path.name for paths in OUTPUTS.values() for path in paths if path.suffix}

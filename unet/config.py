@@ -368,6 +368,9 @@ class RadiogenomicsConfig(_Section):
     spacing_mm: tuple[float, float, float] = (3.0, 0.94, 0.94)
     out_dir: Path = Path("metrics")  # radiogenomics.json, radiogenomics_features.csv
     figure: Path = Path("reports/radiogenomics.png")  # -log10 p, features x clusters, manual | automatic
+    # that the MLflow store holds the study's run: DVC-cached, not in git, so a fresh clone (a new store)
+    # logs it again, as register's receipt does for the registry
+    receipt_path: Path = Path("models/radiogenomics_logged.json")
 
     @model_validator(mode="after")
     def _spacing(self) -> RadiogenomicsConfig:
