@@ -39,7 +39,8 @@ MODEL = "lgg-unet-test"
 
 def params_for(root: Path, metrics_dir: str = "metrics") -> dict:
     return {**tiny_stage_params(root, metrics_dir=metrics_dir, overlay_patients=1),
-            "registry": {"model_name": MODEL, "out_dir": str(root / metrics_dir), "champion_floor": 0.0},
+            "registry": {"model_name": MODEL, "out_dir": str(root / metrics_dir), "champion_floor": 0.0,
+                         "receipt_path": str(root / metrics_dir / "registered.json")},
             "mlflow": {"experiment": "lgg-test"}}
 
 

@@ -23,7 +23,8 @@ def study(tmp_path_factory):
         "data": {"raw_dir": str(root / "raw")},
         "prepare": {"image_size": 32, "out_dir": str(root / "prepared"), "nifti": False, "workers": 1},
         "cv": {"folds": 0},
-        "radiogenomics": {"out_dir": str(root / "metrics"), "figure": str(root / "rg.png")},
+        "radiogenomics": {"out_dir": str(root / "metrics"), "figure": str(root / "rg.png"),
+                          "receipt_path": str(root / "rg-logged.json")},
     })
     prepare_dataset(config.data.raw_root, config.prepare)
     return config, stage.run(config)
@@ -94,7 +95,8 @@ def test_a_patient_missing_from_data_csv_is_said_not_dropped_silently(study, tmp
         "data": {"raw_dir": str(tmp_path / "raw")},
         "prepare": {"image_size": 32, "out_dir": str(config.prepare.out_dir), "nifti": False, "workers": 1},
         "cv": {"folds": 0},
-        "radiogenomics": {"out_dir": str(tmp_path / "metrics"), "figure": str(tmp_path / "rg.png")},
+        "radiogenomics": {"out_dir": str(tmp_path / "metrics"), "figure": str(tmp_path / "rg.png"),
+                          "receipt_path": str(tmp_path / "rg-logged.json")},
     })
     with caplog.at_level("WARNING"):
         again = stage.run(short)
