@@ -74,7 +74,10 @@ def main() -> None:
         config = PrepareConfig(image_size=256, out_dir=work / "prepared", nifti=False,
                                split=SplitConfig(val_fraction=0.15, test_fraction=0.15))
         with ThreadPoolExecutor(args.workers) as pool:
-            manifest, _ = timed("prepare at 256 px", lambda: prepare_dataset(raw, config, map_fn=pool.map))
+            def threads(fn, items):
+                return list(pool.map(fn, items))
+
+            manifest, _ = timed("prepare at 256 px", lambda: prepare_dataset(raw, config, each=threads))
         slices, train_dirs = len(manifest), sorted(manifest.loc[manifest.split == "train", "array_dir"].unique())
         train_slices = int((manifest.split == "train").sum())
         print(f"  {slices} slices, {train_slices} in training, tumour in {manifest.has_tumour.mean():.0%}")

@@ -13,7 +13,7 @@ Without Prefect or MLflow, by calling the library's stage functions directly:
    manifest: the script stops if the split is not that), the weight maps of every patient
    (``patient_weight_maps``) and the augment stage's elastic copies of the training patients
    (``augment_patient``, the demo's 2 copies), all in one process;
-3. for each recipe and each training seed, ``unet.train.stage.train`` for ``--epochs`` epochs
+3. for each recipe and each training seed, ``unet.train.stage.run`` for ``--epochs`` epochs
    with a ``PipelineConfig`` parsed from a dict (checkpoints and metrics in the work folder), then
    the best checkpoint (``best.pt``: the epoch with the best validation DSC, the model the
    pipeline registers) scored on the test patients the way the evaluate stage does it
@@ -86,7 +86,8 @@ from unet.predict.segmenter import Segmenter  # noqa: E402
 from unet.prepare.stage import prepare_dataset  # noqa: E402
 from unet.synthetic.generate import write_synthetic_dataset  # noqa: E402
 from unet.train.data import SliceArrays  # noqa: E402
-from unet.train.stage import load_training_data, train  # noqa: E402
+from unet.train.stage import load_training_data  # noqa: E402
+from unet.train.stage import run as train  # noqa: E402
 from unet.units import scale_px  # noqa: E402
 from unet.weightmaps.stage import class_weights, patient_weight_maps  # noqa: E402
 
@@ -179,7 +180,7 @@ def build_set(args: argparse.Namespace, work: Path, copies: bool) -> dict[str, f
     times["generate_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    manifest = prepare_dataset(raw_root, config.prepare, map_fn=map)
+    manifest = prepare_dataset(raw_root, config.prepare)
     times["prepare_s"] = time.perf_counter() - started
 
     started = time.perf_counter()

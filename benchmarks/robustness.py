@@ -16,9 +16,9 @@ training seed (``train.seed``), augment seed (``augment.seed``) and precision:
 Each run is the pipeline's own library code on the demo's data (params.yaml's ``data``, ``prepare``,
 ``weightmaps`` sections, with ``--set``'s values; the stages' functions, no Prefect or MLflow): the
 augment stage (``unet.augment.stage.run``) in the run's precision, since its bytes differ across CPUs; the train
-stage (``unet.train.stage.train``); the test and validation patients scored as the evaluate stage
+stage (``unet.train.stage.run``); the test and validation patients scored as the evaluate stage
 scores them (``Segmenter`` through ``evaluate_part``: per-volume DSC at the original 256 px grid);
-and, unless ``--no-cv``, the cv stage (``unet.cv.stage.cross_validate``). Raw, prepared data and
+and, unless ``--no-cv``, the cv stage (``unet.cv.stage.run``). Raw, prepared data and
 weight maps are made once for each setting of their sections (their bytes are the same on every CPU).
 
 Recipes: ``demo`` is params.yaml as it is; ``long`` is params.yaml with ``train.epochs: 20`` (and
@@ -164,7 +164,7 @@ def build_base(work: Path, sets: dict) -> None:
     config = parse_config(raw, source="robustness")
     started = time.perf_counter()
     root = write_synthetic_dataset(config.data.raw_dir / "kaggle_3m", **config.data.synthetic.model_dump())
-    prepare_dataset(root, config.prepare, map_fn=map)
+    prepare_dataset(root, config.prepare)
     weightmaps.run(config)
     spec_path.write_text(json.dumps({k: raw[k] for k in DATA_SECTIONS}, default=str))
     log(f"the set: {time.perf_counter() - started:.0f} s in {spec_path.parent}")
@@ -178,11 +178,11 @@ def one_run(work: Path, spec: dict) -> dict:
 
     from unet.augment import stage as augment
     from unet.config import parse_config
-    from unet.cv.stage import cross_validate
+    from unet.cv.stage import run as cross_validate
     from unet.device import cpu_kernels, precision
     from unet.evaluate.stage import evaluate_part, load_segmenter
     from unet.io.layout import read_manifest
-    from unet.train.stage import train
+    from unet.train.stage import run as train
 
     config = parse_config(run_raw(work, spec), source=run_id(spec))
     started = time.perf_counter()

@@ -14,10 +14,9 @@ from unet.device import share_threads
 
 @stage_flow("augment")
 def augment_flow(config: PipelineConfig) -> dict:
-    summary = augment_tasks.all_patients(config)
-    print(describe(summary, config.prepare.image_size))
-    augment_tasks.publish_report(summary, config.prepare.image_size,
-                                 config.augment.preview)
+    summary = augment_tasks.run(config)
+    print(describe(summary))
+    augment_tasks.publish_report(config, summary)
     return summary
 
 

@@ -8,18 +8,15 @@ import sys
 
 from flows.common import stage_flow, stage_main
 from tasks import cv as cv_tasks
-from tasks import cv_pool
 from unet.config import PipelineConfig
-from unet.cv import stage
+from unet.cv.stage import describe
 
 
 @stage_flow("cv")
 def cv_flow(config: PipelineConfig) -> dict:
-    on_pool = cv_pool.executor(config) == "pool"
-    metrics = stage.cross_validate(config, cv_pool.on_pool() if on_pool else stage.in_turn(cv_tasks.run_fold),
-                                   tracking_store=cv_tasks.tracking_store(config))
-    if config.cv.folds:
-        registered = cv_tasks.register_ensemble(config, metrics)
+    metrics = cv_tasks.run(config)
+    print(describe(metrics))
+    if registered := metrics.get("registered"):
         print(f"the {config.cv.folds} fold models as one: {registered['model_name']} version "
               f"{registered['version']}, {registered['decision']}")
     cv_tasks.publish_report(config, metrics)

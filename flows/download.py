@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from flows.common import stage_flow, stage_main
 from tasks import download as download_tasks
 from unet.config import PipelineConfig
+from unet.download.stage import describe
 
 
 @stage_flow("download")
-def download_flow(config: PipelineConfig) -> Path:
-    """Fetch or generate the raw tree as ``data.source`` says; returns the kaggle_3m folder."""
-    return download_tasks.fetch(config.data)
+def download_flow(config: PipelineConfig) -> dict:
+    """Fetch or generate the raw tree as ``data.source`` says."""
+    summary = download_tasks.run(config)
+    print(describe(summary))
+    download_tasks.publish_report(config, summary)
+    return summary
 
 
-def run(config: PipelineConfig) -> Path:
+def run(config: PipelineConfig) -> dict:
     return download_flow(config)
 
 

@@ -6,16 +6,14 @@ import sys
 
 from flows.common import stage_flow, stage_main
 from tasks import evaluate as evaluate_tasks
-from tasks.trained import train_record
 from unet.config import PipelineConfig
-from unet.evaluate import stage
+from unet.evaluate.stage import describe
 
 
 @stage_flow("evaluate")
 def evaluate_flow(config: PipelineConfig) -> dict:
-    record = train_record(config)  # the train stage's MLflow run and model: the scores go there too
-    metrics = stage.evaluate(config, score_part=evaluate_tasks.evaluate_part)
-    evaluate_tasks.log_evaluation(config, record, metrics)
+    metrics = evaluate_tasks.run(config)
+    print(describe(metrics))
     evaluate_tasks.publish_report(config, metrics)
     return metrics
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import sys
 
-import pandas as pd
-
 from flows.common import stage_flow, stage_main
 from tasks import prepare as prepare_tasks
 from unet.config import PipelineConfig
+from unet.prepare.stage import describe
 
 
 @stage_flow("prepare")
-def prepare_flow(config: PipelineConfig) -> pd.DataFrame:
-    manifest = prepare_tasks.prepare_dataset(config)
-    prepare_tasks.publish_report(manifest)
-    return manifest
+def prepare_flow(config: PipelineConfig) -> dict:
+    summary = prepare_tasks.run(config)
+    print(describe(summary))
+    prepare_tasks.publish_report(config, summary)
+    return summary
 
 
-def run(config: PipelineConfig) -> pd.DataFrame:
+def run(config: PipelineConfig) -> dict:
     return prepare_flow(config)
 
 

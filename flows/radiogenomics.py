@@ -7,13 +7,13 @@ import sys
 from flows.common import stage_flow, stage_main
 from tasks import radiogenomics as radiogenomics_tasks
 from unet.config import PipelineConfig
-from unet.radiogenomics import stage
+from unet.radiogenomics.stage import describe
 
 
 @stage_flow("radiogenomics")
 def radiogenomics_flow(config: PipelineConfig) -> dict:
-    result = stage.run(config)
-    radiogenomics_tasks.log_study(config, result)
+    result = radiogenomics_tasks.run(config)
+    print(describe(result))
     radiogenomics_tasks.publish_report(config, result)
     return result
 

@@ -14,16 +14,14 @@ from typing import Any
 from flows.common import stage_flow, stage_main
 from tasks import register as register_tasks
 from unet.config import PipelineConfig
+from unet.register.stage import describe
 
 
 @stage_flow("register")
 def register_flow(config: PipelineConfig) -> dict[str, Any]:
-    result = register_tasks.register(config)
-    champion = f"version {result['champion_version']}" if result["champion_version"] else "none yet"
-    why = f" ({result['why']})" if result.get("why") else ""
-    print(f"{result['model_name']} version {result['version']} ({result['score_metric']} {result['score']:.4f}): "
-          f"{result['decision']}{why}; champion: {champion}")
-    register_tasks.publish_report(result)
+    result = register_tasks.run(config)
+    print(describe(result))
+    register_tasks.publish_report(config, result)
     return result
 
 

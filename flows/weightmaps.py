@@ -13,9 +13,9 @@ from unet.weightmaps.stage import describe
 
 @stage_flow("weightmaps")
 def weightmaps_flow(config: PipelineConfig) -> dict:
-    summary = weightmap_tasks.all_patients(config)
+    summary = weightmap_tasks.run(config)
     print(describe(summary))
-    weightmap_tasks.publish_report(summary, config.weightmaps.figure)
+    weightmap_tasks.publish_report(config, summary)
     return summary
 
 

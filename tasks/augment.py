@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from tasks.common import each_task
@@ -11,14 +10,13 @@ from unet.augment import stage
 from unet.config import PipelineConfig
 
 
-def all_patients(config: PipelineConfig) -> dict[str, Any]:
+def run(config: PipelineConfig) -> dict[str, Any]:
     """The stage, one ``elastic-<patient>`` task a training patient."""
     return stage.run(config, each=each_task("elastic"))
 
 
-def publish_report(summary: dict[str, Any], image_size: int, preview: Path) -> None:
+def publish_report(config: PipelineConfig, summary: dict[str, Any]) -> None:
     """The copies' table and the preview picture (the slices alone when there are no copies)."""
-    report = augment_report(summary, image_size)
     caption = "Slices, their elastic copies and the warped masks" if summary["copies"] else "Slices and weight maps"
-    report += figure(preview, caption)
-    publish("lgg-augment", report, description="elastic copies and the disk they take")
+    publish("lgg-augment", augment_report(summary) + figure(config.augment.preview, caption),
+            description="elastic copies and the disk they take")

@@ -119,12 +119,18 @@ def _one_item(work: Callable[[Any], Any], item: Any, label: str) -> Any:
     return work(item)
 
 
-def each_task(label: str, **options):
-    """A stage's ``each`` (``unet.fanout``): one Prefect task an item (``<label>-<item>``), on the flow's
-    task runner, results in the items' order. ``options``: retries and the like."""
-    one = _one_item.with_options(name=label, **options) if options else _one_item.with_options(name=label)
+def each_task(label: str, *, in_turn: bool = False, **options):
+    """A stage's ``each`` (``unet.fanout``): one Prefect task an item (``<label>-<item>``), results in
+    the items' order; ``options``: retries and the like.
+
+    The tasks run on the flow's task runner, or, ``in_turn``, one after the other in this thread:
+    for work that takes every core itself (a training, a model's inference) and should stop with
+    the stage when it is interrupted."""
+    one = _one_item.with_options(name=label, **options)
 
     def each(work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        if in_turn:
+            return [one(work, item, label) for item in items]
         futures = one.map(unmapped(work), list(items), label=unmapped(label))
         return [future.result() for future in futures]
 

@@ -9,9 +9,9 @@ from typing import Any
 from mlflow import MlflowClient
 from prefect import get_run_logger
 
-from tasks import mlflow_model
+from tasks import cv_pool, mlflow_model
 from tasks.cards import log_ensemble_card
-from tasks.common import stage_task
+from tasks.common import each_task, stage_task
 from tasks.postgres import without_password
 from tasks.registry import move_aliases, register_version
 from tasks.reports import cv_report, figures, publish
@@ -25,14 +25,18 @@ from unet.models.checkpoint import weights_digest
 TRACKING_STORE_VARIABLE = "LGG_TRACKING_STORE"
 
 
-@stage_task(name="cv-fold", task_run_name="fold-{fold}")
-def run_fold(config: PipelineConfig, manifest, fold: int, assignment: dict[str, str]):
-    logger = get_run_logger()
+def log_fold_epoch(fold: int, epoch: int, metrics: dict) -> None:
+    get_run_logger().info("fold %d, epoch %d: loss %.4f, val DSC %.4f", fold, epoch, metrics["loss"], metrics["val_dsc"])
 
-    def on_epoch(epoch: int, metrics: dict) -> None:
-        logger.info("fold %d, epoch %d: loss %.4f, val DSC %.4f", fold, epoch, metrics["loss"], metrics["val_dsc"])
 
-    return stage.run_fold(config, manifest, fold, assignment, on_epoch)
+def run(config: PipelineConfig) -> dict[str, Any]:
+    """The stage: one task a fold here, in turn (``fold-<k>``), or one flow run a fold on the work
+    pool (``cv.executor: pool``); then the fold models as one registered ensemble (``registered``)."""
+    each = cv_pool.on_pool if cv_pool.executor(config) == "pool" else each_task("fold", in_turn=True)
+    metrics = stage.run(config, each=each, on_epoch=log_fold_epoch, tracking_store=tracking_store(config))
+    if config.cv.folds:
+        metrics["registered"] = register_ensemble(config, metrics)
+    return metrics
 
 
 def tracking_store(config: PipelineConfig, environ=os.environ) -> str:

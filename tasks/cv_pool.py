@@ -28,7 +28,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,21 +298,20 @@ def wait(config: PipelineConfig, active: dict[int, FoldRun], keys: dict[int, str
             raise
 
 
-def on_pool() -> Callable:
-    """``run_folds`` for ``unet.cv.stage.cross_validate``: the folds as flow runs on the pool."""
-    def run_folds(config: PipelineConfig, manifest: pd.DataFrame, folds: list[dict[str, str]]) -> list[pd.DataFrame]:
-        check_pool(config)
-        digest = stage.data_digest(config)
-        keys = {k: fold_key(assignment, config, digest) for k, assignment in enumerate(folds)}
-        todo = [k for k in keys if not stage.fold_done(config, k, keys[k])]
-        log.info("cross-validation on the pool: %d fold(s) to train, %d kept", len(todo), len(keys) - len(todo))
-        active = {k: submit(config, k, keys[k], 1) for k in todo}
-        wait(config, active, keys)
-        missing = [k for k in keys if not stage.fold_done(config, k, keys[k])]
-        if missing:
-            raise UserError(f"folds {missing} completed on the pool but left no results in {config.cv.out_dir}: "
-                            "do the workers share this folder (same path on every machine)?")
-        shutil.rmtree(config.cv.out_dir / LEASES, ignore_errors=True)
-        return [pd.read_csv(config.cv.fold_dir(k) / stage.SCORES_FILE) for k in keys]
-
-    return run_folds
+def on_pool(work: stage.FoldWork, folds: Sequence[int]) -> list[pd.DataFrame]:
+    """The cv stage's ``each`` on the pool: fold ``k`` as one flow run; a worker runs the same
+    ``run_fold`` that ``work(k)`` runs here, from the same config and fold assignment."""
+    config = work.config
+    check_pool(config)
+    digest = stage.data_digest(config)
+    keys = {k: fold_key(work.assignments[k], config, digest) for k in folds}
+    todo = [k for k in keys if not stage.fold_done(config, k, keys[k])]
+    log.info("cross-validation on the pool: %d fold(s) to train, %d kept", len(todo), len(keys) - len(todo))
+    active = {k: submit(config, k, keys[k], 1) for k in todo}
+    wait(config, active, keys)
+    missing = [k for k in keys if not stage.fold_done(config, k, keys[k])]
+    if missing:
+        raise UserError(f"folds {missing} completed on the pool but left no results in {config.cv.out_dir}: "
+                        "do the workers share this folder (same path on every machine)?")
+    shutil.rmtree(config.cv.out_dir / LEASES, ignore_errors=True)
+    return [pd.read_csv(config.cv.fold_dir(k) / stage.SCORES_FILE) for k in keys]

@@ -8,16 +8,21 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from tasks.common import stage_task
+from tasks.common import each_task, stage_task
 from tasks.reports import evaluate_report, figures, publish
 from tasks.tracking import log_datasets, log_metrics, numeric, run_datasets
+from tasks.trained import train_record
 from unet.config import PipelineConfig
 from unet.evaluate import stage
 
 
-@stage_task(name="evaluate-part", task_run_name="evaluate-{part}")
-def evaluate_part(segmenter, manifest, part: str):
-    return stage.evaluate_part(segmenter, manifest, part)
+def run(config: PipelineConfig) -> dict[str, Any]:
+    """The stage, one task a split part (``evaluate-test``, ``evaluate-val``) in this thread; the
+    scores go into the train stage's MLflow run too."""
+    record = train_record(config)  # the run of the model in the workspace: a store without it stops here
+    metrics = stage.run(config, each=each_task("evaluate", in_turn=True))
+    log_evaluation(config, record, metrics)
+    return metrics
 
 
 def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mlflow import MlflowClient
 
-from tasks.common import stage_task
+from tasks.common import each_task, stage_task
 from tasks.radiogenomics_report import radiogenomics_report
 from tasks.reports import figure, publish
-from tasks.tracking import log_metrics, use_experiment
+from tasks.tracking import log_metrics, use_experiment, write_run_file
 from unet.config import PipelineConfig
-from unet.io.atomic import atomic_file
+from unet.radiogenomics import stage
 
 
 @stage_task(name="log-radiogenomics")
@@ -31,9 +30,16 @@ def log_study(config: PipelineConfig, result: dict[str, Any]) -> str:
         if path.is_file():
             client.log_artifact(run_id, str(path), "radiogenomics")
     client.set_terminated(run_id)
-    with atomic_file(rg.receipt_path, "w") as handle:  # the same bytes each time: what was logged, not its id
-        json.dump({"experiment": config.mlflow.experiment, "tests": len(result["tests"])}, handle, indent=2)
+    # the same bytes each time: what was logged, not its id
+    write_run_file(rg.receipt_path, {"experiment": config.mlflow.experiment, "tests": len(result["tests"])})
     return run_id
+
+
+def run(config: PipelineConfig) -> dict[str, Any]:
+    """The stage, one task a kind of masks (``features-manual``, ``features-automatic``), then its MLflow run."""
+    result = stage.run(config, each=each_task("features"))
+    log_study(config, result)
+    return result
 
 
 def publish_report(config: PipelineConfig, result: dict[str, Any]) -> None:

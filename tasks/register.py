@@ -1,4 +1,4 @@
-"""The ``register`` stage's MLflow calls: a registry version for the train run's model, the aliases.
+"""The ``register`` stage's MLflow edge: the model registry behind ``unet.register.stage.Registry``.
 
 Each run's model becomes a version of ``registry.model_name`` with the alias ``challenger``; the
 alias ``champion`` moves to it only when it scores better (``unet.register.decision``). The score
@@ -11,7 +11,6 @@ champion with
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,35 +19,38 @@ from mlflow import MlflowClient
 
 from tasks import cards
 from tasks import export as export_tasks
-from tasks.common import stage_task
+from tasks.common import each_task, stage_task
 from tasks.registry import move_aliases, register_version
 from tasks.reports import publish, registry_report
 from tasks.tracking import run_link
-from tasks.trained import WEIGHTS_TAG, train_record
+from tasks.trained import train_record
 from unet.config import PipelineConfig
-from unet.io.atomic import atomic_file
-from unet.models.checkpoint import weights_digest
+from unet.register import stage
 from unet.register.decision import run_score
 
 
-def register(config: PipelineConfig) -> dict[str, Any]:
-    """The train run's model into the registry; the outcome into ``registry.json`` (less the run id,
-    which differs on every run: MLflow holds it, the report links it)."""
-    name = config.registry.model_name
-    record = train_record(config)
-    score_metric, score = run_score(MlflowClient().get_run(record["run_id"]).data.metrics)
-    weights = weights_digest([config.train.best_path])
-    version = register_version(name, record["run_id"], record["model_uri"], score_metric, score, weights)
-    exported = export_and_describe(config, record, version) if config.registry.export else None  # may fail:
-    result = {"model_name": name, "version": int(version), "run_id": record["run_id"], "score_metric": score_metric,
-              "score": score, **move_aliases(name, version, score, config.registry.champion_floor)}  # then no alias
-    if exported is not None:
-        result["export"] = exported
-    with atomic_file(config.registry.record_path, "w") as handle:
-        json.dump({k: v for k, v in result.items() if k != "run_id"}, handle, indent=2)
-    with atomic_file(config.registry.receipt_path, "w") as handle:
-        json.dump({"model_name": name, "version": int(version), WEIGHTS_TAG: weights}, handle, indent=2)
-    return result
+class MlflowRegistry:
+    """MLflow's model registry, as the register stage calls it (``unet.register.stage.Registry``)."""
+
+    def trained(self, config: PipelineConfig) -> dict[str, Any]:
+        record = train_record(config)
+        score_metric, score = run_score(MlflowClient().get_run(record["run_id"]).data.metrics)
+        return {**record, "score_metric": score_metric, "score": score}
+
+    def add_version(self, config: PipelineConfig, trained: dict[str, Any]) -> str:
+        return register_version(config.registry.model_name, trained["run_id"], trained["model_uri"],
+                                trained["score_metric"], trained["score"], trained["weights"])
+
+    def attach_exports(self, config: PipelineConfig, trained: dict[str, Any], version: str) -> dict[str, Any]:
+        return export_and_describe(config, trained, version)
+
+    def move_aliases(self, config: PipelineConfig, version: str, score: float) -> dict[str, Any]:
+        return move_aliases(config.registry.model_name, version, score, config.registry.champion_floor)
+
+
+def run(config: PipelineConfig) -> dict[str, Any]:
+    """The stage, the weights entered as the task ``register-<digest>``."""
+    return stage.run(config, each=each_task("register", in_turn=True), registry=MlflowRegistry())
 
 
 @stage_task(name="export-and-describe")
@@ -63,7 +65,7 @@ def export_and_describe(config: PipelineConfig, record: dict[str, Any], version:
     return {k: v for k, v in exported["check"].items() if not isinstance(v, (dict, list))}
 
 
-def publish_report(result: dict[str, Any]) -> None:
+def publish_report(config: PipelineConfig, result: dict[str, Any]) -> None:
     run = MlflowClient().get_run(result["run_id"])
     publish("lgg-registry", registry_report(result, run_link(run.info.experiment_id, run.info.run_id)),
             description=f"{result['model_name']} v{result['version']}: {result['decision']}")

@@ -9,7 +9,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from tasks.common import stage_task
-from tasks.trained import WEIGHTS_TAG
+from unet.models.checkpoint import WEIGHTS_TAG
 from unet.register.decision import CHALLENGER, CHAMPION, decide, run_score
 
 LEGACY_SCORE_TAG = "val_dsc"  # versions registered before the tag carried the metric's name

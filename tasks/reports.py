@@ -73,6 +73,13 @@ def _numeric(text: str) -> bool:
     return bool(re.fullmatch(r"[-+]?[0-9.,]+(e[-+]?[0-9]+)?( ?[kMG]?B)?", text))
 
 
+def download_report(summary: Mapping) -> str:
+    """``unet.download.stage.summarise``: where the raw set came from and what it holds."""
+    rows = [("source (data.source)", summary["source"]), ("folder", summary["raw_root"]),
+            ("patients", summary["patients"]), ("slices", summary["slices"])]
+    return f"# download: {summary['patients']} patients from {summary['source']}\n\n" + table(["", "value"], rows) + "\n"
+
+
 def prepare_report(summary: Mapping) -> str:
     """``unet.prepare.stage.summarise``'s counts: patients, slices and tumour slices per split part."""
     splits = summary["splits"]
@@ -104,9 +111,9 @@ def weightmaps_report(summary: Mapping) -> str:
     return f"# weightmaps: {summary['slices']} slices\n\n" + table(["figure", "value"], rows) + "\n"
 
 
-def augment_report(summary: Mapping, image_size: int | None = None) -> str:
+def augment_report(summary: Mapping) -> str:
     """The augment stage's summary (``augment.json``), with the disk an LGG-size set would take."""
-    size = f" at {image_size} px" if image_size else ""
+    size = f" at {summary['image_size']} px" if summary.get("image_size") else ""
     rows = [
         ("elastic copies per slice", summary["copies"]),
         ("coarse grid", f"{summary['grid']}x{summary['grid']}"),

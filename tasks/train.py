@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger
 
 from tasks import mlflow_model
-from tasks.common import stage_task
+from tasks.common import each_task, stage_task
 from tasks.reports import figure, publish, train_report
 from tasks.tracking import (
     log_datasets,
@@ -41,6 +41,7 @@ from tasks.trained import tag_trained_weights
 from unet.config import PipelineConfig
 from unet.errors import UserError
 from unet.io.layout import read_manifest
+from unet.train import stage
 from unet.train.stage import load_training_data
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -314,13 +315,26 @@ def log_trained_model(run_id: str, config: PipelineConfig) -> dict[str, Any]:
     return record
 
 
-def publish_report(config: PipelineConfig, summary: Mapping[str, Any], run_id: str,
-                   speeds: Mapping[int, float] | None = None) -> None:
+def run(config: PipelineConfig) -> dict[str, Any]:
+    """The stage inside one MLflow run (the task ``train-seed-<n>``, in this thread): params, tags,
+    dataset, per-epoch metrics, then the model. The summary gains the run (``run_id``, ``model_uri``)
+    and each epoch's speed (``speeds``), which ``train.json`` leaves out."""
+    state = stage.resume_state(config)  # a bad checkpoint stops here, before any MLflow run is touched
+    with train_run(config, resume=state is not None) as run_id:
+        reporter = epoch_reporter(run_id, config.train.epochs, resumed=state)
+        summary = stage.run(config, each=each_task("train", in_turn=True), on_epoch=reporter, load_data=load_data,
+                            state=state)
+        model_uri = finish_run(run_id, config, summary, reporter)
+    return {**summary, "run_id": run_id, "model_uri": model_uri, "speeds": dict(reporter.speeds)}
+
+
+def publish_report(config: PipelineConfig, summary: Mapping[str, Any]) -> None:
     """The training curve as a Prefect artifact (the history file includes epochs from before a resume),
-    with the ``speeds`` of the epochs this process trained and a link to the MLflow run."""
-    history = [{**h, "images_per_s": (speeds or {}).get(h["epoch"])}
+    with the speeds of the epochs this process trained and a link to the MLflow run."""
+    speeds = summary.get("speeds") or {}
+    history = [{**h, "images_per_s": speeds.get(h["epoch"])}
                for h in pd.read_csv(config.train.history_path).to_dict("records")]
-    run = MlflowClient().get_run(run_id)
+    run = MlflowClient().get_run(summary["run_id"])
     report = (train_report(history, summary) + figure(config.train.curve_path, "Loss and validation DSC by epoch")
-              + f"\nMLflow run: {run_link(run.info.experiment_id, run_id)}\n")
+              + f"\nMLflow run: {run_link(run.info.experiment_id, summary['run_id'])}\n")
     publish("lgg-train", report, description="training curve and best epoch")

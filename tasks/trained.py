@@ -20,9 +20,8 @@ from mlflow import MlflowClient
 from tasks.tracking import use_store
 from unet.config import PipelineConfig
 from unet.errors import InputError
-from unet.models.checkpoint import weights_digest
+from unet.models.checkpoint import WEIGHTS_TAG, weights_digest
 
-WEIGHTS_TAG = "weights_sha256"  # a trained model's weights (unet.models.checkpoint.weights_digest)
 MODEL_TAGS = ("model_id", "model_uri")  # the run's logged model, beside it
 
 
@@ -36,7 +35,8 @@ def tag_trained_weights(run_id: str, checkpoint: Path, model: Mapping[str, str])
 
 def train_record(config: PipelineConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The train run of the checkpoint in the workspace (``train.best_path``), with MLflow pointed at
-    the store that holds it: ``run_id``, ``experiment_id``, ``model_id``, ``model_uri``.
+    the store that holds it: ``run_id``, ``experiment_id``, ``model_id``, ``model_uri``, and the
+    weights' digest (``weights``), read once here.
 
     The first finished run tagged with the weights' digest: a retraining that gives the same weights
     (fixed seeds, same data and recipe) adds a run, and the scores and the registry stay with the
@@ -55,5 +55,5 @@ def train_record(config: PipelineConfig, environ: Mapping[str, str] = os.environ
             f"{WEIGHTS_TAG} = {digest[:12]}...): set MLFLOW_TRACKING_URI to the store the train stage used, or "
             "retrain (dvc repro -f train)")
     run = runs[0]
-    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "weights": digest,
             **{key: run.data.tags[key] for key in MODEL_TAGS if key in run.data.tags}}

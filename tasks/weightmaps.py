@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from tasks.common import each_task
@@ -11,11 +10,12 @@ from unet.config import PipelineConfig
 from unet.weightmaps import stage
 
 
-def all_patients(config: PipelineConfig) -> dict[str, Any]:
+def run(config: PipelineConfig) -> dict[str, Any]:
     """The stage, one ``weight-maps-<patient>`` task a patient."""
     return stage.run(config, each=each_task("weight-maps"))
 
 
-def publish_report(summary: dict[str, Any], picture: Path) -> None:
-    report = weightmaps_report(summary) + figure(picture, "The border term between touching tumour parts, at 256 px")
-    publish("lgg-weightmaps", report, description="class weights and weight-map figures")
+def publish_report(config: PipelineConfig, summary: dict[str, Any]) -> None:
+    caption = "The border term between touching tumour parts, at 256 px"
+    publish("lgg-weightmaps", weightmaps_report(summary) + figure(config.weightmaps.figure, caption),
+            description="class weights and weight-map figures")

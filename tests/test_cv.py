@@ -54,7 +54,7 @@ def test_every_patient_is_in_exactly_one_test_fold(prepared):
 
 def test_cross_validation_scores_every_patient_once_out_of_fold(prepared):
     root, config = prepared
-    metrics = stage.cross_validate(config)
+    metrics = stage.run(config)
     table = pd.read_csv(config.cv.per_patient_path)
     manifest = read_manifest(config.prepare.manifest_path)
     assert sorted(table["patient"]) == sorted(manifest["patient"].unique()) and table["patient"].is_unique
@@ -76,11 +76,11 @@ def test_cross_validation_scores_every_patient_once_out_of_fold(prepared):
 
 def test_an_unchanged_fold_is_kept_and_a_changed_one_reruns_alone(prepared, caplog):
     _, config = prepared
-    stage.cross_validate(config)
+    stage.run(config)
     kept = {k: (config.cv.fold_dir(k) / "models/best.pt").stat().st_mtime_ns for k in range(FOLDS)}
     (config.cv.fold_dir(1) / "scores.csv").unlink()  # fold 1 lost its results
     with caplog.at_level(logging.INFO, logger="unet"):
-        stage.cross_validate(config)
+        stage.run(config)
     assert "fold 0: unchanged" in caplog.text and "fold 2: unchanged" in caplog.text
     assert "fold 1: unchanged" not in caplog.text
     after = {k: (config.cv.fold_dir(k) / "models/best.pt").stat().st_mtime_ns for k in range(FOLDS)}
@@ -110,7 +110,7 @@ def test_a_killed_fold_resumes_after_its_last_epoch(prepared, caplog):
 def test_cv_off_writes_a_note_and_an_empty_table(prepared):
     root, _ = prepared
     config = parse_config(cv_params(root, folds=0, metrics_dir=str(root / "off")))
-    assert stage.cross_validate(config)["folds"] == 0
+    assert stage.run(config)["folds"] == 0
     assert pd.read_csv(config.cv.per_patient_path).empty
 
 
@@ -119,7 +119,7 @@ def test_held_out_patients_score_each_fold_and_the_ensemble(prepared):
     config = parse_config(cv_params(root, out_dir=str(root / "cv-holdout"), metrics_dir=str(root / "holdout"),
                                     holdout_test=True, folds=2, epochs=1))
     manifest = read_manifest(config.prepare.manifest_path)
-    metrics = stage.cross_validate(config)
+    metrics = stage.run(config)
     test = set(manifest.loc[manifest["split"] == "test", "patient"])
     table = pd.read_csv(config.cv.per_patient_path)
     assert test and not test & set(table["patient"])  # the held-out patients sit out of every fold

@@ -1,6 +1,6 @@
 """The cv stage's folds on a Prefect work pool: real process workers on the session's Prefect server.
 
-Each test drives ``unet.cv.stage.cross_validate`` with ``tasks.cv_pool.on_pool()`` as the stage
+Each test drives ``unet.cv.stage.run`` with ``tasks.cv_pool.on_pool`` as its ``each``, as the stage
 does; the workers are ``prefect worker start`` processes running the ``cv-fold`` deployment.
 """
 
@@ -100,7 +100,7 @@ def workers(prefect_api, prepared):
 def on_pool(workers, prepared, monkeypatch):
     workers.ensure()
     monkeypatch.chdir(prepared)
-    return cv_pool.on_pool()
+    return cv_pool.on_pool
 
 
 def deployment_runs(name: str) -> int:
@@ -115,7 +115,7 @@ def test_folds_on_two_workers_overlap_and_equal_the_sequential_run(prepared, on_
     long_enough = {"cv": {"epochs": 4}}  # folds of ~5 s: long enough to overlap despite the workers' start skew
     elsewhere = {"cv": {"out_dir": str(prepared / "cv-local"), "metrics_dir": str(prepared / "local-metrics")}}
     local = parse_config(merged(merged(pool_params(prepared, "cv", steps_per_epoch=150), long_enough), elsewhere))
-    sequential = stage.cross_validate(local)
+    sequential = stage.run(local)
     pooled_config = parse_config(merged(pool_params(prepared, "cv", steps_per_epoch=150), long_enough))
     from prefect import flow
 
@@ -123,7 +123,7 @@ def test_folds_on_two_workers_overlap_and_equal_the_sequential_run(prepared, on_
     def cv_stage():  # as the stage runs it: the fold runs are sub-runs of the stage's run
         from prefect.runtime import flow_run
 
-        return stage.cross_validate(pooled_config, on_pool), flow_run.id
+        return stage.run(pooled_config, each=on_pool), flow_run.id
 
     pooled, parent = cv_stage()
     a, b = (pd.read_csv(c.cv.per_patient_path).set_index("patient") for c in (local, pooled_config))
@@ -142,7 +142,7 @@ def test_folds_on_two_workers_overlap_and_equal_the_sequential_run(prepared, on_
             assert str(client.read_task_run(child.parent_task_run_id).flow_run_id) == str(parent)  # under the stage's run
 
     before = deployment_runs(DEPLOYMENT)
-    again = stage.cross_validate(pooled_config, on_pool)  # a finished fold is never sent again
+    again = stage.run(pooled_config, each=on_pool)  # a finished fold is never sent again
     assert deployment_runs(DEPLOYMENT) == before and again["dsc_mean"] == pooled["dsc_mean"]
 
 
@@ -165,7 +165,9 @@ def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepare
     config = parse_config(merged(pool_params(prepared, "cv-kill", steps_per_epoch=120), {"cv": {"epochs": 8}}))
     found: dict = {}
 
-    def kill_the_first_one_past_epoch_two(cfg, manifest, folds):
+    def kill_the_first_one_past_epoch_two(work, folds):
+        cfg = work.config
+
         def watch():  # beside the stage's wait: the first fold with 2 epochs done loses its worker
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not found:
@@ -184,9 +186,9 @@ def test_a_fold_whose_worker_dies_resumes_from_its_last_epoch_on_another(prepare
         import threading
 
         threading.Thread(target=watch, daemon=True).start()
-        return on_pool(cfg, manifest, folds)
+        return on_pool(work, folds)
 
-    metrics = stage.cross_validate(config, kill_the_first_one_past_epoch_two)
+    metrics = stage.run(config, each=kill_the_first_one_past_epoch_two)
     assert found, "no fold reached epoch 2"
     assert not cv_pool.alive(found["fold_pid"])  # the orphaned fold stopped (it did not train on beside its rerun)
     attempts = stage.read_attempts(config.cv.fold_dir(found["fold"]))

@@ -82,7 +82,7 @@ def summarise(config: PipelineConfig, stats: list[dict[str, int]]) -> dict[str, 
     per_copy = bytes_per_slice_copy(size)
     return {
         "copies": params.copies, "grid": params.grid, "sigma_px": scale_px(params.sigma, size),
-        "image_mode": params.image_mode,
+        "image_mode": params.image_mode, "image_size": size,
         "train_patients": len(stats),
         "train_slices": sum(s["slices"] for s in stats),
         "bytes": sum(s["bytes"] for s in stats),
@@ -92,11 +92,11 @@ def summarise(config: PipelineConfig, stats: list[dict[str, int]]) -> dict[str, 
     }
 
 
-def describe(summary: dict[str, Any], image_size: int) -> str:
+def describe(summary: dict[str, Any]) -> str:
     """The stage's one line for the log."""
     return (f"elastic copies: {summary['copies']} of {summary['train_slices']} slices, "
             f"{summary['bytes'] / 1e6:.1f} MB; an LGG-size set takes "
-            f"{summary['lgg_bytes_per_copy'] / 1e9:.2f} GB per copy at {image_size} px")
+            f"{summary['lgg_bytes_per_copy'] / 1e9:.2f} GB per copy at {summary['image_size']} px")
 
 
 def run(config: PipelineConfig, *, each: Each = serial) -> dict[str, Any]:

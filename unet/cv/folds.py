@@ -55,7 +55,7 @@ def fold_config(config: PipelineConfig, fold: int) -> PipelineConfig:
     return config.model_copy(update={"train": train})
 
 
-def describe(assignment: dict[str, str]) -> dict[str, Any]:
+def fold_parts(assignment: dict[str, str]) -> dict[str, Any]:
     parts: dict[str, list[str]] = {}
     for patient, part in sorted(assignment.items()):
         parts.setdefault(part, []).append(patient)

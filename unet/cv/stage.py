@@ -6,14 +6,15 @@ Output under ``cv.out_dir``: ``fold-<k>/`` (``fold.json``: its patients and key;
 A fold whose key (patients, model, recipe, data) is unchanged keeps its results, so a changed
 fold reruns alone; a fold killed mid-training resumes from its last epoch (``train.resume``).
 
-The folds run through ``run_folds(config, manifest, assignments) -> tables``: ``in_turn`` here (one
-after another in this process), or one flow run a fold on a Prefect work pool (``tasks.cv_pool``);
-either way each fold is ``run_fold``, and ``attempts.json`` records where and when it ran (beside
+The folds run through the stage's ``each``: here one after another (``serial``, or one Prefect
+task a fold), or one flow run a fold on a Prefect work pool (``tasks.cv_pool.on_pool``); either way
+each fold is ``run_fold``, and ``attempts.json`` records where and when it ran (beside
 the output, not in it: .dvcignore leaves it out of what DVC hashes and caches).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ import os
 import shutil
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,10 @@ import numpy as np
 import pandas as pd
 
 from unet.config import PipelineConfig
-from unet.cv.folds import assignments, describe, fold_config, fold_key, fold_manifest
+from unet.cv.folds import assignments, fold_config, fold_key, fold_manifest, fold_parts
 from unet.device import select_device
 from unet.evaluate.scores import evaluate_patient, per_patient_table
+from unet.fanout import Each, serial
 from unet.io import nifti
 from unet.io.atomic import atomic_dir, atomic_file
 from unet.io.layout import json_safe, read_manifest
@@ -126,12 +129,12 @@ def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignme
         shutil.rmtree(folder)  # another fold now (patients, recipe or data changed): start afresh
         record = {}
     attempts = [*read_attempts(folder), {"worker": worker_name(), "started": now(), **({"run": run} if run else {})}]
-    write_fold(folder, {"fold": fold, "key": key, "done": False, "parts": describe(assignment)})
+    write_fold(folder, {"fold": fold, "key": key, "done": False, "parts": fold_parts(assignment)})
     write_attempts(folder, attempts)
     ours = fold_manifest(manifest, assignment)
     cfg = fold_config(config, fold)
-    train_stage.train(cfg, on_epoch, load_data=lambda c: train_stage.load_training_data(c, ours),
-                      state=train_stage.resume_state(cfg))
+    train_stage.run(cfg, on_epoch=on_epoch, load_data=lambda c: train_stage.load_training_data(c, ours),
+                    state=train_stage.resume_state(cfg))
     table = predict_fold(config, ours, fold)
     attempts[-1]["finished"] = now()
     write_attempts(folder, attempts)
@@ -139,12 +142,20 @@ def run_fold(config: PipelineConfig, manifest: pd.DataFrame, fold: int, assignme
     return table
 
 
-def in_turn(fold_runner: Callable = run_fold) -> Callable:
-    """``run_folds`` that runs the folds one after another here; ``fold_runner`` may be a task."""
-    def run_folds(config: PipelineConfig, manifest: pd.DataFrame, folds: list[dict[str, str]]) -> list[pd.DataFrame]:
-        return [fold_runner(config, manifest, k, assignment) for k, assignment in enumerate(folds)]
+@dataclass(frozen=True)
+class FoldWork:
+    """The stage's ``each`` function: ``work(k)`` trains (or resumes, or keeps) fold ``k`` and scores its
+    test patients. A pool's ``each`` (``tasks.cv_pool.on_pool``) runs the same ``run_fold`` on its
+    workers from ``config`` and ``assignments``."""
 
-    return run_folds
+    config: PipelineConfig
+    manifest: pd.DataFrame
+    assignments: list[dict[str, str]]
+    on_epoch: Callable[[int, int, dict], None] | None = None  # (fold, epoch, metrics)
+
+    def __call__(self, fold: int) -> pd.DataFrame:
+        report = functools.partial(self.on_epoch, fold) if self.on_epoch else None
+        return run_fold(self.config, self.manifest, fold, self.assignments[fold], report)
 
 
 def fold_runs(config: PipelineConfig, root: Path = Path(".")) -> list[dict[str, Any]]:
@@ -257,17 +268,29 @@ def score_holdout(config: PipelineConfig, held_out: pd.DataFrame) -> dict[str, A
             "fold_dsc_means": singles}
 
 
-def cross_validate(config: PipelineConfig, run_folds: Callable | None = None,
-                   tracking_store: str | None = None) -> dict[str, Any]:
-    """Everything the stage does; ``run_folds`` (default ``in_turn()``) trains the folds.
-    ``tracking_store``: where the stage's MLflow records go, as ``cv.json`` names it (no password)."""
+def describe(metrics: dict[str, Any]) -> str:
+    """The stage's one line for the log."""
+    if not metrics["folds"]:
+        return metrics["note"]
+    return (f"cross-validation, {metrics['folds']} folds: per-volume DSC mean {metrics['dsc_mean']:.4f}, median "
+            f"{metrics['dsc_median']:.4f} over {metrics['n_volumes']} patients (fold means {metrics['fold_dsc_min']:.4f}"
+            f"..{metrics['fold_dsc_max']:.4f})")
+
+
+def run(config: PipelineConfig, *, each: Each = serial, on_epoch: Callable[[int, int, dict], None] | None = None,
+        tracking_store: str | None = None) -> dict[str, Any]:
+    """The stage: every fold (one ``each`` item a fold, ``FoldWork``), then every patient's out-of-fold
+    score gathered; returns ``cv.json``'s figures with where each fold ran (``fold_runs``).
+    ``on_epoch(fold, epoch, metrics)``: a fold's epoch done; ``tracking_store``: where the stage's
+    MLflow records go, as ``cv.json`` names it (no password)."""
     if not config.cv.folds:
         metrics = {"folds": 0, "n_volumes": 0, "note": "cross-validation is off (cv.folds: 0)"}
         write_outputs(config, pd.DataFrame(columns=["patient", "fold", "split", "dsc"]), metrics)
         return metrics
     manifest = read_manifest(config.prepare.manifest_path)
     studied = studied_manifest(config)
-    tables = (run_folds or in_turn())(config, studied, assignments(studied, config))
+    folds = assignments(studied, config)
+    tables = each(FoldWork(config, studied, folds, on_epoch), list(range(len(folds))))
     table = pd.concat(tables, ignore_index=True).sort_values("patient").reset_index(drop=True)
     if table["patient"].duplicated().any() or set(table["patient"]) != set(studied["patient"]):
         raise AssertionError("every patient must be predicted exactly once out of fold")
@@ -282,9 +305,7 @@ def cross_validate(config: PipelineConfig, run_folds: Callable | None = None,
         metrics["holdout"] = score_holdout(config, manifest[manifest["split"] == "test"])
     write_outputs(config, table, metrics)
     metrics["fold_runs"] = fold_runs(config)  # returned and logged, not in cv.json: the run's facts
-    log.info("cross-validation, %d folds: per-volume DSC mean %.4f, median %.4f over %d patients "
-             "(fold means %.4f..%.4f)", config.cv.folds, metrics["dsc_mean"], metrics["dsc_median"],
-             metrics["n_volumes"], metrics["fold_dsc_min"], metrics["fold_dsc_max"])
+    log.info("%s", describe(metrics))
     if said := failed_folds_said(metrics):
         log.warning("cross-validation: %s", said)
     if metrics["missed_patients"]:

@@ -1,6 +1,6 @@
 """The ``evaluate`` stage's work: the best checkpoint on the test split (and val), and its outputs.
 
-``evaluate(config)`` scores every test and validation patient through the shipped model's path,
+``run(config)`` scores every test and validation patient through the shipped model's path,
 then writes ``eval.json`` (the headline split's figures, val nested), ``per_patient.csv``, one
 NIfTI prediction a patient and overlays of the best, median and worst test patients, each
 written whole or not at all.
@@ -8,9 +8,9 @@ written whole or not at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from unet.device import select_device
 from unet.evaluate.figures import per_patient_bars
 from unet.evaluate.overlay import overlay_figure
 from unet.evaluate.scores import PatientResult, evaluate_patient, original_images, per_patient_table, split_metrics
+from unet.fanout import Each, serial
 from unet.io import nifti
 from unet.io.atomic import atomic_dir, atomic_file
 from unet.io.layout import json_safe, read_manifest
@@ -95,16 +96,22 @@ def write_outputs(config: PipelineConfig, results: dict[str, list[PatientResult]
     return write_overlays(results[metrics["split"]], manifest, ev.overlays_dir, ev.overlay_patients)
 
 
-def evaluate(config: PipelineConfig, score_part: Callable = evaluate_part) -> dict[str, Any]:
-    """Everything the stage does; ``score_part(segmenter, manifest, part)`` may be a wrapped task."""
+def describe(metrics: dict[str, Any]) -> str:
+    """The stage's one line for the log."""
+    return (f"{metrics['split']}: per-volume DSC mean {metrics['dsc_mean']:.4f}, median {metrics['dsc_median']:.4f} over "
+            f"{metrics['n_volumes']} patients (no post-processing: {metrics['dsc_no_postprocess_mean']:.4f}); global "
+            f"Dice {metrics['global_dice']:.4f}, tumour-slice Dice {metrics['tumour_slice_dice']:.4f}")
+
+
+def run(config: PipelineConfig, *, each: Each = serial) -> dict[str, Any]:
+    """The stage: the shipped model on every test and validation patient (one ``each`` item a split
+    part), then its outputs; returns ``eval.json``'s figures."""
     manifest = read_manifest(config.prepare.manifest_path)
     settle_threads(config.train.threads)  # the cores others leave free (unet/threads.py)
-    segmenter = load_segmenter(config)
-    results = {part: score_part(segmenter, manifest, part) for part in parts_of(manifest)}
+    parts = parts_of(manifest)
+    scored = each(functools.partial(evaluate_part, load_segmenter(config), manifest), parts)
+    results = dict(zip(parts, scored, strict=True))
     metrics = headline_metrics(results, config.evaluate.tta)
     overlays = write_outputs(config, results, metrics, manifest)
-    log.info("%s: per-volume DSC mean %.4f, median %.4f over %d patients (no post-processing: %.4f); global Dice "
-             "%.4f, tumour-slice Dice %.4f; overlays: %s", metrics["split"], metrics["dsc_mean"], metrics["dsc_median"],
-             metrics["n_volumes"], metrics["dsc_no_postprocess_mean"], metrics["global_dice"],
-             metrics["tumour_slice_dice"], ", ".join(overlays))
+    log.info("%s; overlays: %s", describe(metrics), ", ".join(overlays))
     return metrics

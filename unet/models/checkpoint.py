@@ -50,6 +50,9 @@ def model_from_checkpoint(path_or_state: Path | dict[str, Any], map_location: st
     return model.eval()
 
 
+WEIGHTS_TAG = "weights_sha256"  # the name a trained model's ``weights_digest`` goes by (run and version tags, receipts)
+
+
 def weights_digest(checkpoints: list[Path], rules: list[Path] = ()) -> str:
     """SHA-256 of the checkpoints' tensors, key by key (not of the files, whose other entries may
     differ), and of the files in ``rules`` that change what the model answers (an ensemble's

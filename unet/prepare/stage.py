@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import functools
 import logging
-import multiprocessing
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from unet.config import PrepareConfig
+from unet.config import PipelineConfig, PrepareConfig
+from unet.fanout import Each, serial
 from unet.io import nifti
 from unet.io.atomic import atomic_dir
 from unet.io.kaggle import CHANNELS, read_image, read_mask
@@ -91,7 +90,7 @@ def build_manifest(rows: Iterable[dict], clinical: pd.DataFrame | None, config: 
     return table.sort_values(["patient", "index"], kind="stable").reset_index(drop=True)
 
 
-def summarise(manifest: pd.DataFrame) -> dict:
+def summarise(manifest: pd.DataFrame) -> dict[str, Any]:
     """Counts a person checks first: patients, slices and tumour slices per split part."""
     parts = {}
     for part, rows in manifest.groupby("split"):
@@ -109,42 +108,27 @@ def summarise(manifest: pd.DataFrame) -> dict:
     }
 
 
-def prepare_dataset(
-    raw_root: Path,
-    config: PrepareConfig,
-    map_fn: Callable = map,
-) -> pd.DataFrame:
-    """Validate the raw tree (nothing written on a fault), then write the whole stage output.
-
-    ``map_fn`` runs per-patient work, e.g. a process pool's ``map`` (the resize and percentiles hold
-    the GIL, so threads do not help); results keep patient order.
-    """
-    patients, clinical = scan_raw(Path(raw_root), map_fn=map_fn)
+def prepare_dataset(raw_root: Path, config: PrepareConfig, each: Each = serial) -> pd.DataFrame:
+    """Validate the raw tree (nothing written on a fault), then write the whole stage output; the
+    manifest. ``each`` runs the per-patient checks and preprocessing (``in_processes``: the resize
+    and percentiles hold the GIL, so threads do not help)."""
+    patients, clinical = scan_raw(Path(raw_root), map_fn=each)
     with atomic_dir(config.out_dir) as staging:
-        per_patient = map_fn(functools.partial(prepare_patient, config=config, out_dir=staging), patients)
+        per_patient = each(functools.partial(prepare_patient, config=config, out_dir=staging), patients)
         manifest = build_manifest((row for rows in per_patient for row in rows), clinical, config)
         manifest.to_parquet(staging / config.manifest_path.name, index=False)
-        summary = summarise(manifest)
-        write_summary(staging / config.summary_path.name, summary)
-    log.info("prepared %d patients, %d slices into %s", summary["patients"], summary["slices"], config.out_dir)
+        write_summary(staging / config.summary_path.name, summarise(manifest))
     return manifest
 
 
-def prepare_in_processes(raw_root: Path, config: PrepareConfig) -> pd.DataFrame:
-    """What the stage runs: ``prepare_dataset`` with per-patient work in ``config.workers`` processes."""
-    with process_map(config.workers) as map_fn:
-        return prepare_dataset(raw_root, config, map_fn=map_fn)
+def describe(summary: dict[str, Any]) -> str:
+    """The stage's one line for the log."""
+    parts = ", ".join(f"{part} {counts['patients']}" for part, counts in summary["splits"].items())
+    return (f"prepared {summary['patients']} patients, {summary['slices']} slices at {summary['image_size']} px "
+            f"({summary['tumour_slice_fraction']:.0%} with tumour); patients by split part: {parts}")
 
 
-@contextmanager
-def process_map(workers: int):
-    """A ``map`` over a pool of worker processes (the builtin one for a single worker), in order.
-
-    Processes, not threads: numpy/scipy/skimage image work mostly holds the GIL. ``spawn`` keeps
-    the workers clear of the threads Prefect runs in the parent process.
-    """
-    if workers <= 1:
-        yield map
-        return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield pool.map
+def run(config: PipelineConfig, *, each: Each = serial) -> dict[str, Any]:
+    """The stage: every patient under ``data.raw_dir`` (one ``each`` item a patient) into
+    ``prepare.out_dir``; returns the summary (``summary.json``)."""
+    return summarise(prepare_dataset(config.data.raw_root, config.prepare, each))

@@ -11,6 +11,7 @@ features (the paper's point: automatic masks keep the associations). Without cro
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from unet.config import PipelineConfig
+from unet.fanout import Each, serial
 from unet.io import nifti
 from unet.io.atomic import atomic_file
 from unet.io.kaggle import DATA_CSV, patient_id, read_mask
@@ -78,15 +80,31 @@ def study(features: pd.DataFrame, clinical: pd.DataFrame) -> dict[str, list[dict
     return {"tests": tests, "aucs": aucs}
 
 
-def run(config: PipelineConfig) -> dict[str, Any]:
-    """Everything the stage does: features, tests, AUCs, agreement, the files and the figure."""
+def kind_features(kind: str, config: PipelineConfig, manifest: pd.DataFrame) -> pd.DataFrame:
+    """The feature table of one kind of masks: ``manual`` (the set's) or ``automatic`` (out of fold)."""
+    if kind == "manual":
+        masks = manual_masks(manifest)
+    else:
+        masks = automatic_masks(config, sorted(manifest["patient"].unique()))
+    return feature_table(masks, config.radiogenomics.spacing_mm, kind)
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The stage's one line for the log."""
+    found = [t for t in result["tests"] if t["significant"]]
+    return (f"radiogenomics: {len(result['tests'])} tests ({' and '.join(result['masks'])} masks, Bonferroni within "
+            f"each kind), {len(found)} significant: "
+            + (", ".join(f"{t['feature']} x {t['variable']} ({t['masks']}, p={t['p']:.2g})" for t in found) or "none"))
+
+
+def run(config: PipelineConfig, *, each: Each = serial) -> dict[str, Any]:
+    """The stage: the features of each kind of masks (one ``each`` item a kind; automatic only with
+    cross-validation), then the tests, AUCs, agreement, the files and the figure; returns the result."""
     rg = config.radiogenomics
     manifest = read_manifest(config.prepare.manifest_path)
     clinical = read_clinical_csv(config.data.raw_root / DATA_CSV)
-    tables = [feature_table(manual_masks(manifest), rg.spacing_mm, "manual")]
-    if config.cv.folds:
-        tables.append(feature_table(automatic_masks(config, sorted(manifest["patient"].unique())), rg.spacing_mm,
-                                    "automatic"))
+    kinds = ["manual", "automatic"] if config.cv.folds else ["manual"]
+    tables = each(functools.partial(kind_features, config=config, manifest=manifest), kinds)
     features = pd.concat(tables, ignore_index=True)
     unlisted = without_clinical_row(features, clinical)
     if unlisted:
@@ -102,8 +120,5 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     with atomic_file(rg.metrics_path, "w") as handle:
         json.dump(json_safe(result), handle, indent=2)
     heatmap(result["tests"], rg.figure)
-    found = [t for t in result["tests"] if t["significant"]]
-    log.info("radiogenomics: %d tests (%s masks, Bonferroni within each kind), %d significant: %s",
-             len(result["tests"]), " and ".join(result["masks"]), len(found),
-             ", ".join(f"{t['feature']} x {t['variable']} ({t['masks']}, p={t['p']:.2g})" for t in found) or "none")
+    log.info("%s", describe(result))
     return result

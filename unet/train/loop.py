@@ -226,9 +226,9 @@ def _save(net: nn.Module, optimizer, scheduler, config: TrainConfig, state: dict
         "metadata": metadata, "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler else None, "rng": torch.get_rng_state(), **state,
     }
-    save_checkpoint(config.checkpoint_path, checkpoint)
-    if ship:
+    if ship:  # first: a process killed between the two files leaves no checkpoint that names a best.pt never written
         save_checkpoint(config.best_path, {k: checkpoint[k] for k in BEST_KEYS})
+    save_checkpoint(config.checkpoint_path, checkpoint)
 
 
 def _record_epoch(state: dict[str, Any], epoch: int, metrics: dict[str, float], config: TrainConfig) -> bool:

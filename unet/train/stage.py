@@ -1,6 +1,6 @@
 """The ``train`` stage's work: data, network, resume, batches, ``fit``, and the summary it writes.
 
-``train(config)`` is callable with or without Prefect: the flow calls it inside its MLflow run,
+``run(config)`` is callable with or without Prefect: the flow calls it inside its MLflow run,
 and under ``torchrun --nproc_per_node=N -m flows.train`` every other rank calls it directly.
 Every process trains a DistributedDataParallel replica on its own draws; rank 0 validates,
 writes the checkpoints, the history and ``train.json``.
@@ -8,7 +8,9 @@ writes the checkpoints, the history and ``train.json``.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from unet.config import PipelineConfig
 from unet.device import cpu_kernels, precision, select_device
+from unet.fanout import Each, serial
 from unet.io.atomic import atomic_file
 from unet.io.layout import read_manifest
 from unet.models.checkpoint import load_checkpoint
@@ -28,6 +31,8 @@ from unet.train.data import SliceArrays, StageDirs, load_split
 from unet.train.figures import training_curve
 from unet.train.loader import CpuBatches, DeviceBatches, steps_per_epoch
 from unet.train.loop import check_resumable, fit, seed_everything, without_timing, write_history
+
+log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 
@@ -101,17 +106,35 @@ def summarise(state: dict[str, Any], train_rows: int, device: torch.device, worl
             "images_per_s": state.get("images_per_s")}
 
 
-def train(config: PipelineConfig, on_epoch: OnEpoch | None = None,
-          load_data: Callable[[PipelineConfig], tuple[SliceArrays, SliceArrays]] = load_training_data,
-          state: dict[str, Any] | None | Unset = UNSET) -> dict:
-    """Everything the stage does; returns the summary that rank 0 writes to ``train.json`` (less its speed).
+def describe(summary: dict[str, Any]) -> str:
+    """The stage's one line for the log."""
+    return (f"{summary['selected']} epoch ships: val DSC {summary['best_val_dsc']:.4f} at epoch {summary['best_epoch']} "
+            f"of {summary['epochs']} ({summary['train_rows']} training rows, {summary['val_volumes']} validation "
+            f"volumes; {summary['device']}, {summary['precision']}, {summary['threads']} threads)")
+
+
+def run(config: PipelineConfig, *, each: Each = serial, on_epoch: OnEpoch | None = None,
+        load_data: Callable[[PipelineConfig], tuple[SliceArrays, SliceArrays]] = load_training_data,
+        state: dict[str, Any] | None | Unset = UNSET) -> dict[str, Any]:
+    """The stage: one model (its ``each`` item, named by its seed); returns the summary that rank 0
+    writes to ``train.json`` (less its speed).
 
     ``state``: the checkpoint to continue, as ``resume_state`` gave it (the flow checks it first);
     by default this function reads it itself (torchrun's other ranks).
     """
-    cfg = config.train
     state = resume_state(config) if isinstance(state, Unset) else state
+    work = functools.partial(train_model, config, on_epoch=on_epoch, load_data=load_data, state=state)
+    [summary] = each(work, [f"seed-{config.train.seed}"])
+    return summary
+
+
+def train_model(config: PipelineConfig, name: str, *, on_epoch: OnEpoch | None,
+                load_data: Callable[[PipelineConfig], tuple[SliceArrays, SliceArrays]],
+                state: dict[str, Any] | None) -> dict[str, Any]:
+    """Train the model ``name`` (data, network, ``fit``), write its outputs; its summary."""
+    cfg = config.train
     rank, world, device = distributed.setup(select_device(cfg.device))
+    log.info("training %s on %s%s", name, device, f" (rank {rank} of {world})" if world > 1 else "")
     torch.backends.cudnn.benchmark = device.type == "cuda"  # one input size throughout: pick the fastest kernels
     seed_everything(cfg.seed + rank)
     train_arrays, val_arrays = load_data(config)
