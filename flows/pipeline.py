@@ -1,9 +1,8 @@
 """The whole DAG as one Prefect flow: a DVC experiment, so dvc.lock, the DVC cache and MLflow agree.
 
-``pipeline_flow`` (what the UI deployments run) is ``dvc exp run --temp -S key=value ... [targets]``
-in this repository: the experiment runs in a copy, the workspace stays as it is until ``dvc exp
-apply NAME``; no parameter names a folder, a store or a command, and every one is checked against
-the typed config first (``tasks.experiment``). ``python -m flows.pipeline`` runs in the workspace:
+``pipeline_flow`` (the UI deployments' flow) is ``dvc exp run --temp -S key=value ... [targets]`` here: the
+experiment runs in a copy, the workspace unchanged until ``dvc exp apply NAME``; every parameter is checked
+against the typed config first (``tasks.experiment``), none names a folder, store or command. In the workspace:
     python -m flows.pipeline -S train.epochs=3 --name short-run     # or --temp, or --repro augment
 """
 
@@ -15,9 +14,7 @@ from typing import Literal
 
 from prefect import flow
 
-from tasks import experiment, project_server
-from tasks.overrides import validate_overrides
-from unet.errors import UserError
+from tasks import experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,16 +62,7 @@ def workspace_flow(overrides: dict[str, str], targets: list[str], mode: str, exp
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = experiment.parse_cli(argv, __doc__)
-    try:
-        validate_overrides(REPO / "params.yaml", args["overrides"])  # before a Prefect run starts
-        with project_server.reporting(code_dir=REPO):  # PREFECT_API_URL, else the project's server
-            workspace_flow(**args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
+    return experiment.run_command_line(REPO, workspace_flow, experiment.parse_cli(argv, __doc__))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from tasks import project_server
 from tasks.nesting import PARENT_ENV, parent_env
 from tasks.overrides import TYPED, collect_overrides, refuse_local_only, validate_overrides
 from unet.config import ConfigError, PipelineConfig
@@ -240,6 +241,19 @@ def check_finished(summary: Mapping) -> None:
     if summary["returncode"]:
         raise PipelineFailed(f"{' '.join(summary['command'])} failed (exit {summary['returncode']}); "
                              "its last lines:\n" + "\n".join(summary["tail"]))
+
+
+def run_command_line(repo: Path, workspace_flow: Callable[..., dict], args: dict) -> int:
+    """``python -m flows.pipeline``: the overrides checked before a Prefect run starts, then the flow
+    reporting to ``PREFECT_API_URL``, else to the project's server; a mistake said in one line."""
+    try:
+        validate_overrides(repo / "params.yaml", args["overrides"])
+        with project_server.reporting(code_dir=repo):
+            workspace_flow(**args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def parse_cli(argv: list[str] | None, description: str) -> dict:
