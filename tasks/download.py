@@ -18,8 +18,9 @@ def _network_fault(task, task_run, state) -> bool:
 
 
 def run(config: PipelineConfig) -> dict[str, Any]:
-    """The stage, its source as the task ``download-<source>``."""
-    each = each_task("download", retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    """The stage, its source as the task ``download-<source>``, in the flow's thread (where the timeout
+    can interrupt it)."""
+    each = each_task("download", in_turn=True, retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=5),
                      retry_jitter_factor=0.5, retry_condition_fn=_network_fault,
                      timeout_seconds=3 * 3600)  # Kaggle's client has no timeout of its own on its first request
     return stage.run(config, each=each)
