@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from typing import Any, Protocol
 
 from unet.config import PipelineConfig
 from unet.fanout import Each, serial
 from unet.io.atomic import atomic_file
 from unet.models.checkpoint import WEIGHTS_TAG
+
+log = logging.getLogger(__name__)
 
 
 class Registry(Protocol):
@@ -34,8 +37,10 @@ class Registry(Protocol):
 
 
 def enter(config: PipelineConfig, registry: Registry, trained: dict[str, Any], weights: str) -> dict[str, Any]:
-    """The weights ``weights`` as a version, with their exports where ``registry.export`` is on."""
+    """The weights ``weights`` (their digest's start) as a version, with their exports where
+    ``registry.export`` is on."""
     version = registry.add_version(config, trained)
+    log.info("weights %s... are version %s of %s", weights, version, config.registry.model_name)
     entered = {"version": int(version)}
     if config.registry.export:  # may fail: then no alias moves
         entered["export"] = registry.attach_exports(config, trained, version)
