@@ -255,6 +255,25 @@ def stale_code_deps(dvc: dict, root: Path, params: dict | None = None, packages=
     return report
 
 
+def broad_code_deps(dvc: dict, root: Path, params: dict | None = None, packages=PACKAGES) -> dict[str, list[str]]:
+    """Per stage, ``folder: file, ...`` for each folder dep that covers Python files its command never
+    imports (package ``__init__.py`` files aside): an edit there would rerun the stage for nothing."""
+    report = {}
+    for name, stage in (dvc.get("stages") or {}).items():
+        files = command_files(root, stage.get("cmd"))
+        if not files:
+            continue
+        reached = closure(root, files, packages)
+        for dep in stage_deps(stage, params):
+            if dep.split("/")[0] not in packages or not (root / dep).is_dir():
+                continue
+            idle = sorted(str(path.relative_to(root)) for path in (root / dep).rglob("*.py")
+                          if path.name != "__init__.py" and str(path.relative_to(root)) not in reached)
+            if idle:
+                report.setdefault(name, []).append(f"{dep}: {', '.join(idle)}")
+    return report
+
+
 # -- rule B: layering --------------------------------------------------------------------------
 
 def banned_imports(root: Path, files: list[str], banned=BANNED_IN_UNET) -> list[str]:

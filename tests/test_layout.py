@@ -126,6 +126,21 @@ def test_fake_repo_folder_dep_covers(tmp_path, deps):
     assert lc.missing_code_deps(fake_dvc(*deps), root, {}) == {}
 
 
+@pytest.mark.parametrize("stage", sorted(DVC["stages"]))
+def test_folder_deps_cover_only_code_the_stage_runs(stage):
+    report(lc.broad_code_deps(DVC, REPO, PARAMS).get(stage, []),
+           f"dvc.yaml stage {stage!r} has folder deps over files its command never imports (editing them would "
+           "rerun it for nothing):",
+           f"Fix: list the files it imports instead of the folder in stages.{stage}.deps.")
+
+
+def test_a_planted_broad_folder_dep_is_caught(tmp_path):
+    root = fake_repo(tmp_path, FAKE_Y["in a function"])
+    (root / "unet/unused.py").write_text("other = 2\n")
+    assert lc.broad_code_deps(fake_dvc("flows/x.py", "tasks/y.py", "unet"), root, {}) == {"x": ["unet: unet/unused.py"]}
+    assert lc.broad_code_deps(fake_dvc("flows/x.py", "tasks/y.py", "unet/z.py"), root, {}) == {}
+
+
 def test_template_deps_resolve_against_params():
     assert f"{PARAMS['data']['raw_dir']}/kaggle_3m" in lc.stage_deps(DVC["stages"]["prepare"], PARAMS)
     assert lc.resolve_template("${nope.x}/y", PARAMS) is None
