@@ -64,5 +64,6 @@ def workspace_flow(overrides: dict[str, str], targets: list[str], mode: str, exp
 def main(argv: list[str] | None = None) -> int:
     return experiment.run_command_line(REPO, workspace_flow, experiment.parse_cli(argv, __doc__))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -113,7 +113,6 @@ def weightmaps_report(summary: Mapping) -> str:
 
 def augment_report(summary: Mapping) -> str:
     """The augment stage's summary (``augment.json``), with the disk an LGG-size set would take."""
-    size = f" at {summary['image_size']} px" if summary.get("image_size") else ""
     rows = [
         ("elastic copies per slice", summary["copies"]),
         ("coarse grid", f"{summary['grid']}x{summary['grid']}"),
@@ -123,7 +122,8 @@ def augment_report(summary: Mapping) -> str:
         ("training slices", summary["train_slices"]),
         ("written", f"{summary['bytes'] / MB:.1f} MB"),
         ("bytes per slice copy", summary["bytes_per_slice_copy"]),
-        (f"LGG-size set (3,929 slices), per copy{size}", f"{summary['lgg_bytes_per_copy'] / GB:.2f} GB"),
+        (f"LGG-size set (3,929 slices), per copy at {summary['image_size']} px",
+         f"{summary['lgg_bytes_per_copy'] / GB:.2f} GB"),
         ("LGG-size set, per copy at 256 px", f"{summary['lgg_bytes_per_copy_at_256px'] / GB:.2f} GB"),
         ("LGG-size set, all copies at 256 px",
          f"{summary['lgg_bytes_per_copy_at_256px'] * summary['copies'] / GB:.2f} GB"),

@@ -46,6 +46,11 @@ def positional(fn: ast.FunctionDef) -> list[str]:
     return [a.arg for a in fn.args.posonlyargs + fn.args.args]
 
 
+def runs_a_config(fns: dict[str, ast.FunctionDef]) -> bool:
+    """Whether the module has ``run(config)``: the tasks' and the flow's entry."""
+    return "run" in fns and positional(fns["run"]) == ["config"]
+
+
 def stage_problems(root: Path, stage: str) -> list[str]:
     path = root / "unet" / stage / "stage.py"
     if not path.is_file():
@@ -82,9 +87,7 @@ def tasks_problems(root: Path, stage: str) -> list[str]:
     if not path.is_file():
         return [f"{where} is missing"]
     fns = functions(path)
-    problems = []
-    if "run" not in fns or positional(fns["run"]) != ["config"]:
-        problems.append(f"{where}: no run(config)")
+    problems = [] if runs_a_config(fns) else [f"{where}: no run(config)"]
     report = fns.get("publish_report")
     if report is None or len(positional(report)) != 2 or positional(report)[0] != "config":
         problems.append(f"{where}: no publish_report(config, summary)")
@@ -111,7 +114,7 @@ def flow_problems(root: Path, stage: str) -> list[str]:
         problems.append(f"{where}: {flow.name} does not say the stage's describe(summary)")
     if not any(f"{a}.publish_report" in called for a in aliases):
         problems.append(f"{where}: {flow.name} does not call tasks.{stage}.publish_report")
-    if "run" not in fns or positional(fns["run"]) != ["config"]:
+    if not runs_a_config(fns):
         problems.append(f"{where}: no run(config)")
     return problems
 

@@ -13,6 +13,7 @@ from typing import Any
 from unet.config import DataConfig, PipelineConfig
 from unet.download import sources
 from unet.fanout import Each, serial
+from unet.io.kaggle import parse_slice_name
 from unet.synthetic.generate import write_synthetic_dataset
 
 
@@ -33,8 +34,9 @@ def fetch(source: str, config: DataConfig) -> Path:
 def summarise(source: str, root: Path) -> dict[str, Any]:
     """Where the set came from and what it holds: patient folders and masked slices."""
     patients = [folder for folder in sorted(Path(root).iterdir()) if folder.is_dir()]
-    return {"source": source, "raw_root": str(root), "patients": len(patients),
-            "slices": sum(1 for folder in patients for _ in folder.glob("*_mask.tif"))}
+    masks = [path for folder in patients for path in folder.iterdir()
+             if (parsed := parse_slice_name(path.name)) is not None and parsed[2]]
+    return {"source": source, "raw_root": str(root), "patients": len(patients), "slices": len(masks)}
 
 
 def describe(summary: dict[str, Any]) -> str:
